@@ -18,18 +18,21 @@ public struct IntervalTree<Value>: Sendable where Value: Sendable {
         public let value: Value
     }
 
-    private struct Node: Sendable {
-        var range: IOVARange
-        var maxLast: UInt64
-        var left: Int32
-        var right: Int32
-        var height: Int8
-        var value: Value?
-    }
+    // The tree's shape lives in parallel arrays indexed by slot, apart from the values, so
+    // that rebalancing touches only plain integers (cheap in debug builds too) and an entry
+    // costs 33 bytes plus its value.
+    private var firsts: [UInt64] = []
+    private var lasts: [UInt64] = []
+    /// The largest `last` in the subtree rooted at each slot: what makes overlap queries prune.
+    private var maxLasts: [UInt64] = []
+    private var lefts: [Int32] = []
+    private var rights: [Int32] = []
+    private var heights: [Int8] = []
+    /// nil marks a free slot.
+    private var values: [Value?] = []
 
     private static var none: Int32 { -1 }
 
-    private var nodes: [Node] = []
     private var freeSlots: [Int32] = []
     private var root: Int32 = -1
     public private(set) var count = 0
@@ -42,15 +45,27 @@ public struct IntervalTree<Value>: Sendable where Value: Sendable {
 
     @discardableResult
     public mutating func insert(_ range: IOVARange, _ value: Value) -> ID {
-        let node = Node(range: range, maxLast: range.last, left: Self.none, right: Self.none, height: 1, value: value)
         let slot: Int32
         if let reused = freeSlots.popLast() {
             slot = reused
-            nodes[Int(slot)] = node
+            let i = Int(slot)
+            firsts[i] = range.first
+            lasts[i] = range.last
+            maxLasts[i] = range.last
+            lefts[i] = Self.none
+            rights[i] = Self.none
+            heights[i] = 1
+            values[i] = value
         } else {
-            precondition(nodes.count < Int(Int32.max), "interval tree is full")
-            slot = Int32(nodes.count)
-            nodes.append(node)
+            precondition(values.count < Int(Int32.max), "interval tree is full")
+            slot = Int32(values.count)
+            firsts.append(range.first)
+            lasts.append(range.last)
+            maxLasts.append(range.last)
+            lefts.append(Self.none)
+            rights.append(Self.none)
+            heights.append(1)
+            values.append(value)
         }
         root = insert(slot, into: root)
         count += 1
@@ -61,32 +76,29 @@ public struct IntervalTree<Value>: Sendable where Value: Sendable {
     @discardableResult
     public mutating func remove(_ id: ID) -> Value? {
         guard contains(id) else { return nil }
-        let slot = id.slot
-        let value = nodes[Int(slot)].value
-        root = remove(key: (nodes[Int(slot)].range.first, slot), from: root)
-        nodes[Int(slot)].value = nil
-        freeSlots.append(slot)
+        let i = Int(id.slot)
+        let value = values[i]
+        root = remove(key: (firsts[i], id.slot), from: root)
+        values[i] = nil
+        freeSlots.append(id.slot)
         count -= 1
         return value
     }
 
     public mutating func removeAll() {
-        nodes.removeAll()
-        freeSlots.removeAll()
-        root = Self.none
-        count = 0
+        self = IntervalTree()
     }
 
     /// Replaces the value of an entry in place; the range is unchanged.
     public mutating func updateValue(_ id: ID, _ value: Value) {
         precondition(contains(id), "no such entry")
-        nodes[Int(id.slot)].value = value
+        values[Int(id.slot)] = value
     }
 
     // MARK: Queries
 
     public func contains(_ id: ID) -> Bool {
-        id.slot >= 0 && Int(id.slot) < nodes.count && nodes[Int(id.slot)].value != nil
+        id.slot >= 0 && Int(id.slot) < values.count && values[Int(id.slot)] != nil
     }
 
     public subscript(id: ID) -> Entry? {
@@ -97,7 +109,10 @@ public struct IntervalTree<Value>: Sendable where Value: Sendable {
     /// The entry with the lowest `first` among those overlapping `range`.
     public func firstOverlap(_ range: IOVARange) -> Entry? {
         var found: Entry?
-        visitOverlaps(root, range) { found = $0; return false }
+        visitOverlaps(root, range) {
+            found = $0
+            return false
+        }
         return found
     }
 
@@ -106,7 +121,10 @@ public struct IntervalTree<Value>: Sendable where Value: Sendable {
     /// Every entry overlapping `range`, ordered by `first`.
     public func overlapping(_ range: IOVARange) -> [Entry] {
         var found: [Entry] = []
-        visitOverlaps(root, range) { found.append($0); return true }
+        visitOverlaps(root, range) {
+            found.append($0)
+            return true
+        }
         return found
     }
 
@@ -126,94 +144,109 @@ public struct IntervalTree<Value>: Sendable where Value: Sendable {
     /// O(n); tests call it after mutations. Returns a description of the first violation.
     public func invariantViolation() -> String? {
         var seen = 0
-        func check(_ n: Int32, lower: (UInt64, Int32)?, upper: (UInt64, Int32)?) -> (height: Int8, maxLast: UInt64)?? {
-            if n == Self.none { return .some(nil) }
-            let node = nodes[Int(n)]
-            guard node.value != nil else { return nil }
-            let key = (node.range.first, n)
-            if let lower, !(lower < key) { return nil }
-            if let upper, !(key < upper) { return nil }
-            guard let l = check(node.left, lower: lower, upper: key),
-                let r = check(node.right, lower: key, upper: upper)
+        var problem: String?
+        /// Returns the subtree's height, or nil once a problem is found.
+        func check(_ n: Int32, lower: (UInt64, Int32)?, upper: (UInt64, Int32)?) -> Int8? {
+            if n == Self.none { return 0 }
+            let i = Int(n)
+            guard values[i] != nil else {
+                problem = "free slot \(n) is linked into the tree"
+                return nil
+            }
+            let key = (firsts[i], n)
+            if let lower, !(lower < key) || upper.map({ !(key < $0) }) ?? false {
+                problem = "slot \(n) is out of order"
+                return nil
+            }
+            guard let lh = check(lefts[i], lower: lower, upper: key),
+                let rh = check(rights[i], lower: key, upper: upper)
             else { return nil }
-            let lh = l?.height ?? 0
-            let rh = r?.height ?? 0
-            guard abs(Int(lh) - Int(rh)) <= 1, node.height == max(lh, rh) + 1 else { return nil }
-            let maxLast = max(node.range.last, l?.maxLast ?? 0, r?.maxLast ?? 0)
-            guard node.maxLast == maxLast else { return nil }
+            guard abs(Int(lh) - Int(rh)) <= 1, heights[i] == max(lh, rh) + 1 else {
+                problem = "slot \(n) is unbalanced or has a stale height"
+                return nil
+            }
+            var maxLast = lasts[i]
+            if lefts[i] != Self.none { maxLast = max(maxLast, maxLasts[Int(lefts[i])]) }
+            if rights[i] != Self.none { maxLast = max(maxLast, maxLasts[Int(rights[i])]) }
+            guard maxLasts[i] == maxLast, firsts[i] <= lasts[i] else {
+                problem = "slot \(n) has a stale maxLast"
+                return nil
+            }
             seen += 1
-            return .some((node.height, maxLast))
+            return heights[i]
         }
-        guard check(root, lower: nil, upper: nil) != nil else { return "tree order, balance or augmentation broken" }
+        guard check(root, lower: nil, upper: nil) != nil else { return problem }
         guard seen == count else { return "count \(count) but \(seen) reachable entries" }
-        guard nodes.count - freeSlots.count == count else { return "slot accounting broken" }
+        guard values.count - freeSlots.count == count else { return "slot accounting broken" }
         return nil
     }
 
     // MARK: Internals
 
     private func entry(_ slot: Int32) -> Entry {
-        let node = nodes[Int(slot)]
-        return Entry(id: ID(slot: slot), range: node.range, value: node.value!)
+        let i = Int(slot)
+        return Entry(id: ID(slot: slot), range: IOVARange(unchecked: firsts[i], lasts[i]), value: values[i]!)
     }
 
     @discardableResult
     private func visitOverlaps(_ n: Int32, _ range: IOVARange, _ body: (Entry) -> Bool) -> Bool {
         if n == Self.none { return true }
-        let node = nodes[Int(n)]
+        let i = Int(n)
         // Nothing in this subtree ends at or after range.first.
-        if node.maxLast < range.first { return true }
-        if !visitOverlaps(node.left, range, body) { return false }
-        // This node and everything to its right start after the query.
-        if node.range.first > range.last { return true }
-        if node.range.overlaps(range), !body(entry(n)) { return false }
-        return visitOverlaps(node.right, range, body)
+        if maxLasts[i] < range.first { return true }
+        if !visitOverlaps(lefts[i], range, body) { return false }
+        // This entry and everything to its right start after the query.
+        if firsts[i] > range.last { return true }
+        if lasts[i] >= range.first, !body(entry(n)) { return false }
+        return visitOverlaps(rights[i], range, body)
     }
 
-    private func height(_ n: Int32) -> Int8 { n == Self.none ? 0 : nodes[Int(n)].height }
+    private func height(_ n: Int32) -> Int8 { n == Self.none ? 0 : heights[Int(n)] }
 
-    private func key(_ n: Int32) -> (UInt64, Int32) { (nodes[Int(n)].range.first, n) }
+    private func key(_ n: Int32) -> (UInt64, Int32) { (firsts[Int(n)], n) }
 
     private mutating func update(_ n: Int32) {
-        let node = nodes[Int(n)]
-        var maxLast = node.range.last
-        if node.left != Self.none { maxLast = max(maxLast, nodes[Int(node.left)].maxLast) }
-        if node.right != Self.none { maxLast = max(maxLast, nodes[Int(node.right)].maxLast) }
-        nodes[Int(n)].maxLast = maxLast
-        nodes[Int(n)].height = max(height(node.left), height(node.right)) + 1
+        let i = Int(n)
+        let l = lefts[i]
+        let r = rights[i]
+        var maxLast = lasts[i]
+        if l != Self.none { maxLast = max(maxLast, maxLasts[Int(l)]) }
+        if r != Self.none { maxLast = max(maxLast, maxLasts[Int(r)]) }
+        maxLasts[i] = maxLast
+        heights[i] = max(height(l), height(r)) + 1
     }
 
     private mutating func rotateLeft(_ n: Int32) -> Int32 {
-        let r = nodes[Int(n)].right
-        nodes[Int(n)].right = nodes[Int(r)].left
-        nodes[Int(r)].left = n
+        let r = rights[Int(n)]
+        rights[Int(n)] = lefts[Int(r)]
+        lefts[Int(r)] = n
         update(n)
         update(r)
         return r
     }
 
     private mutating func rotateRight(_ n: Int32) -> Int32 {
-        let l = nodes[Int(n)].left
-        nodes[Int(n)].left = nodes[Int(l)].right
-        nodes[Int(l)].right = n
+        let l = lefts[Int(n)]
+        lefts[Int(n)] = rights[Int(l)]
+        rights[Int(l)] = n
         update(n)
         update(l)
         return l
     }
 
     private func balanceFactor(_ n: Int32) -> Int {
-        Int(height(nodes[Int(n)].left)) - Int(height(nodes[Int(n)].right))
+        Int(height(lefts[Int(n)])) - Int(height(rights[Int(n)]))
     }
 
     private mutating func rebalance(_ n: Int32) -> Int32 {
         update(n)
         let factor = balanceFactor(n)
         if factor > 1 {
-            if balanceFactor(nodes[Int(n)].left) < 0 { nodes[Int(n)].left = rotateLeft(nodes[Int(n)].left) }
+            if balanceFactor(lefts[Int(n)]) < 0 { lefts[Int(n)] = rotateLeft(lefts[Int(n)]) }
             return rotateRight(n)
         }
         if factor < -1 {
-            if balanceFactor(nodes[Int(n)].right) > 0 { nodes[Int(n)].right = rotateRight(nodes[Int(n)].right) }
+            if balanceFactor(rights[Int(n)]) > 0 { rights[Int(n)] = rotateRight(rights[Int(n)]) }
             return rotateLeft(n)
         }
         return n
@@ -222,9 +255,9 @@ public struct IntervalTree<Value>: Sendable where Value: Sendable {
     private mutating func insert(_ slot: Int32, into n: Int32) -> Int32 {
         if n == Self.none { return slot }
         if key(slot) < key(n) {
-            nodes[Int(n)].left = insert(slot, into: nodes[Int(n)].left)
+            lefts[Int(n)] = insert(slot, into: lefts[Int(n)])
         } else {
-            nodes[Int(n)].right = insert(slot, into: nodes[Int(n)].right)
+            rights[Int(n)] = insert(slot, into: rights[Int(n)])
         }
         return rebalance(n)
     }
@@ -232,27 +265,27 @@ public struct IntervalTree<Value>: Sendable where Value: Sendable {
     private mutating func remove(key target: (UInt64, Int32), from n: Int32) -> Int32 {
         precondition(n != Self.none, "interval tree: key not found")
         if target < key(n) {
-            nodes[Int(n)].left = remove(key: target, from: nodes[Int(n)].left)
+            lefts[Int(n)] = remove(key: target, from: lefts[Int(n)])
         } else if key(n) < target {
-            nodes[Int(n)].right = remove(key: target, from: nodes[Int(n)].right)
+            rights[Int(n)] = remove(key: target, from: rights[Int(n)])
         } else {
-            let left = nodes[Int(n)].left
-            let right = nodes[Int(n)].right
+            let left = lefts[Int(n)]
+            let right = rights[Int(n)]
             if left == Self.none { return right }
             if right == Self.none { return left }
             let (rest, successor) = removeMin(right)
-            nodes[Int(successor)].left = left
-            nodes[Int(successor)].right = rest
+            lefts[Int(successor)] = left
+            rights[Int(successor)] = rest
             return rebalance(successor)
         }
         return rebalance(n)
     }
 
     private mutating func removeMin(_ n: Int32) -> (root: Int32, min: Int32) {
-        let left = nodes[Int(n)].left
-        if left == Self.none { return (nodes[Int(n)].right, n) }
+        let left = lefts[Int(n)]
+        if left == Self.none { return (rights[Int(n)], n) }
         let (rest, minimum) = removeMin(left)
-        nodes[Int(n)].left = rest
+        lefts[Int(n)] = rest
         return (rebalance(n), minimum)
     }
 }
