@@ -41,6 +41,7 @@ public struct Denial: Error, Hashable, Sendable {
         public static let firmwareDirect = Code("firmware-direct-region")
         public static let alreadyAttached = Code("already-attached")
         public static let mappingsConflictGroup = Code("mappings-conflict-group")
+        public static let notATenant = Code("not-a-tenant")
     }
 }
 

@@ -1,1 +1,0 @@
-print("iommu-policyctl: not yet")
