@@ -70,7 +70,8 @@ extension Conflict {
     /// `{"kind": …, "first": …, "last": …, "source": …}`
     public var json: JSONValue {
         .object([
-            ("kind", .string(kind)), ("first", .uint(range.first)), ("last", .uint(range.last)), ("source", .string(source)),
+            ("kind", .string(kind)), ("first", .uint(range.first)), ("last", .uint(range.last)),
+            ("source", .string(source)),
         ])
     }
 }
@@ -91,10 +92,13 @@ extension ReservedRegion {
 public enum DecisionReport {
     public static func json(_ denial: Denial?) -> JSONValue {
         guard let denial else {
-            return .object([("decision", .string("allow")), ("errno", .int(0)), ("reason", .string("allowed")), ("conflict", .null)])
+            return .object([
+                ("decision", .string("allow")), ("errno", .int(0)), ("reason", .string("allowed")), ("conflict", .null),
+            ])
         }
         return .object([
-            ("decision", .string("deny")), ("errno", .int(Int64(denial.errno.rawValue))), ("reason", .string(denial.reason)),
+            ("decision", .string("deny")), ("errno", .int(Int64(denial.errno.rawValue))),
+            ("reason", .string(denial.reason)),
             ("conflict", denial.conflict?.json ?? .null),
         ])
     }

@@ -95,7 +95,8 @@ public enum PolicyEngine {
             return .failure(
                 Denial(
                     .misaligned, .EINVAL,
-                    "iova \(Hex(request.iova)) or size \(Hex(request.size)) is not aligned to the \(Hex(page)) page size"))
+                    "iova \(Hex(request.iova)) or size \(Hex(request.size)) is not aligned to the \(Hex(page)) page size"
+                ))
         }
         let entries = state.mappings.overlapping(range)
         guard let head = entries.first, let tail = entries.last else {
@@ -104,7 +105,8 @@ public enum PolicyEngine {
         for cut in [head, tail] where !range.contains(cut.range) {
             return .failure(
                 Denial(
-                    .partialUnmap, .EINVAL, "\(range) cuts through mapping \(cut.range)", conflict: .mapping(cut.range)))
+                    .partialUnmap, .EINVAL, "\(range) cuts through mapping \(cut.range)", conflict: .mapping(cut.range))
+            )
         }
         // The mappings are disjoint and lie inside `range`, so their sum cannot exceed its size.
         let bytes = entries.reduce(UInt64(0)) { $0 + $1.range.sizeMinusOne + 1 }

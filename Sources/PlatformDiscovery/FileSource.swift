@@ -1,7 +1,8 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Read-only access to a machine's files below a root, so discovery can run against the real
 /// `/` or a fixture tree. Paths are relative to the root (`sys/kernel/iommu_groups`).

@@ -49,7 +49,8 @@ public enum PlatformLoader {
         if configPath != nil {
             loaded.diagnostics += config.apply(to: &loaded.database)
             loaded.sources.append(
-                "config \(config.path): \(config.reserved.count) reserved entries, \(config.tenants.count) tenant rules")
+                "config \(config.path): \(config.reserved.count) reserved entries, \(config.tenants.count) tenant rules"
+            )
         }
         return .success(loaded)
     }

@@ -60,10 +60,12 @@ public enum PlatformProfile: String, CaseIterable, Sendable {
         var database = PlatformDatabase()
         for id in 0..<UInt32(options.groups) {
             database.addGroup(
-                IOMMUGroup(id: id, aperture: aperture, apertureSource: source, pageSizes: PageSizes.x86, domainType: "DMA"))
+                IOMMUGroup(
+                    id: id, aperture: aperture, apertureSource: source, pageSizes: PageSizes.x86, domainType: "DMA"))
         }
         for (kind, range) in regions {
-            try! database.addRegion(ReservedRegion(kind: kind, range: range, owner: .profile, source: source, group: nil))
+            try! database.addRegion(
+                ReservedRegion(kind: kind, range: range, owner: .profile, source: source, group: nil))
         }
         return database
     }

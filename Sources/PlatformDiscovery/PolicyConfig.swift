@@ -76,11 +76,13 @@ public struct PolicyConfig: Sendable, Hashable {
         for entry in reserved {
             let source = "config \(path):\(entry.line)"
             for group in entry.groups.map({ $0.map(Optional.some) }) ?? [nil] {
-                let region = ReservedRegion(kind: entry.kind, range: entry.range, owner: .config, source: source, group: group)
+                let region = ReservedRegion(
+                    kind: entry.kind, range: entry.range, owner: .config, source: source, group: group)
                 do {
                     try database.addRegion(region)
                 } catch {
-                    diagnostics.append(.atLine(.warning, file: path, entry.line, "\(error); region \(entry.range) skipped for it"))
+                    diagnostics.append(
+                        .atLine(.warning, file: path, entry.line, "\(error); region \(entry.range) skipped for it"))
                 }
             }
         }
@@ -140,7 +142,7 @@ struct LineIndex {
             if line.hasPrefix(key), line.dropFirst(key.count).trimmingWhitespace().hasPrefix("=") { return index + 1 }
             index += 1
         }
-        return start
+        return max(start, 1)
     }
 }
 
@@ -156,7 +158,8 @@ private struct ConfigReader {
     mutating func read(_ table: TOMLTable) -> PolicyConfig {
         var config = PolicyConfig(path: path)
         for key in table.keys where !["defaults", "reserved", "tenant"].contains(key) {
-            error(lines.line(of: key, after: 0), "unknown key or table \"\(key)\"")
+            let header = (lines.headers(key, array: false) + lines.headers(key, array: true)).min()
+            error(header ?? lines.line(of: key, after: 0), "unknown key or table \"\(key)\"")
         }
         if let defaults = table["defaults"] {
             let line = lines.headers("defaults", array: false).first ?? 1
@@ -233,7 +236,8 @@ private struct ConfigReader {
             error(lines.line(of: "last", after: line), "last \(Hex(last)) is below first \(Hex(first))")
             return nil
         }
-        return PolicyConfig.Reserved(range: range, kind: kind, groups: groups.map { $0.sorted() }, comment: comment, line: line)
+        return PolicyConfig.Reserved(
+            range: range, kind: kind, groups: groups.map { $0.sorted() }, comment: comment, line: line)
     }
 
     mutating func readTenant(_ table: TOMLTable, line: Int) -> PolicyConfig.TenantRule? {
@@ -247,7 +251,8 @@ private struct ConfigReader {
         return PolicyConfig.TenantRule(
             uid: uid, gid: gid, groups: readGroups(table, line: line),
             maxMappings: readCount(table, "max_mappings", line: line),
-            maxBytes: readBytes(table, "max_bytes", line: line), relaxable: readRelaxable(table, line: line), line: line)
+            maxBytes: readBytes(table, "max_bytes", line: line), relaxable: readRelaxable(table, line: line), line: line
+        )
     }
 
     // MARK: Values

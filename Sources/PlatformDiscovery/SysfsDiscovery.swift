@@ -134,14 +134,16 @@ public struct SysfsDiscovery {
     ) -> [(UInt32, IOMMUGroup, [ReservedRegion])] {
         guard let names = files.list(Self.groupsDir) else {
             diagnostics.append(
-                Diagnostic(.warning, file: files.display(Self.groupsDir), "not found: no IOMMU groups (is an IOMMU enabled?)"))
+                Diagnostic(
+                    .warning, file: files.display(Self.groupsDir), "not found: no IOMMU groups (is an IOMMU enabled?)"))
             return []
         }
         var groups: [(UInt32, IOMMUGroup, [ReservedRegion])] = []
         for name in names {
             guard let id = UInt32(name) else {
                 diagnostics.append(
-                    Diagnostic(.warning, file: files.display("\(Self.groupsDir)/\(name)"), "not a group number; ignored"))
+                    Diagnostic(
+                        .warning, file: files.display("\(Self.groupsDir)/\(name)"), "not a group number; ignored"))
                 continue
             }
             let dir = "\(Self.groupsDir)/\(name)"
@@ -166,7 +168,8 @@ public struct SysfsDiscovery {
         for (number, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
             if fields.isEmpty { continue }
-            guard fields.count == 3, let first = NumberParser.hex(fields[0]), let last = NumberParser.hex(fields[1]) else {
+            guard fields.count == 3, let first = NumberParser.hex(fields[0]), let last = NumberParser.hex(fields[1])
+            else {
                 diagnostics.append(.atLine(.error, file: files.display(path), number + 1, "malformed line \"\(line)\""))
                 continue
             }
@@ -184,10 +187,13 @@ public struct SysfsDiscovery {
             case "msi": kind = isX86 || range == Self.x86MSIWindow ? .msi : .swMSI
             default:
                 diagnostics.append(
-                    .atLine(.warning, file: files.display(path), number + 1, "unknown type \"\(fields[2])\"; taken as reserved"))
+                    .atLine(
+                        .warning, file: files.display(path), number + 1,
+                        "unknown type \"\(fields[2])\"; taken as reserved"))
                 kind = .reserved
             }
-            regions.append(ReservedRegion(kind: kind, range: range, owner: .sysfs, source: "sysfs group \(group)", group: group))
+            regions.append(
+                ReservedRegion(kind: kind, range: range, owner: .sysfs, source: "sysfs group \(group)", group: group))
         }
         return regions
     }
@@ -198,7 +204,8 @@ public struct SysfsDiscovery {
         var functions: [PCIAddress: PCIFunction] = [:]
         for name in files.list(Self.pciDir) ?? [] {
             guard let address = PCIAddress(name) else {
-                diagnostics.append(Diagnostic(.warning, file: files.display("\(Self.pciDir)/\(name)"), "not a PCI address"))
+                diagnostics.append(
+                    Diagnostic(.warning, file: files.display("\(Self.pciDir)/\(name)"), "not a PCI address"))
                 continue
             }
             let dir = "\(Self.pciDir)/\(name)"
@@ -346,11 +353,15 @@ public struct SysfsDiscovery {
                 let last = ivmd.type == 0x21 ? ivmd.deviceID : ivmd.auxData
                 let wanted = ivmd.deviceID...max(ivmd.deviceID, last)
                 let matched = Set(
-                    functions.values.filter { $0.address.segment == ivmd.segment && wanted.contains($0.address.deviceID) }
-                        .compactMap(\.group))
+                    functions.values.filter {
+                        $0.address.segment == ivmd.segment && wanted.contains($0.address.deviceID)
+                    }
+                    .compactMap(\.group))
                 if matched.isEmpty {
                     diagnostics.append(
-                        .atOffset(.warning, file: file, ivmd.offset, "\(source) names no present device with a group; ignored"))
+                        .atOffset(
+                            .warning, file: file, ivmd.offset, "\(source) names no present device with a group; ignored"
+                        ))
                 }
                 targets = matched.sorted()
             default:

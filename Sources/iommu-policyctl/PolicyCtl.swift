@@ -3,7 +3,7 @@ import IOMMUCore
 import PlatformDiscovery
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The offline commands' flags, exit codes and JSON keys are a contract other tools rely on:
@@ -172,7 +172,12 @@ extension PolicyCtl {
             }
             printTable(
                 header: ["FIRST", "LAST", "SIZE"],
-                rows: usable.map { [Hex($0.first).description, Hex($0.last).description, $0.size.map { Hex($0).description } ?? "2^64"] })
+                rows: usable.map {
+                    [
+                        Hex($0.first).description, Hex($0.last).description,
+                        $0.size.map { Hex($0).description } ?? "2^64",
+                    ]
+                })
         }
     }
 

@@ -28,19 +28,24 @@ enum Fixture {
         db.addGroup(IOMMUGroup(id: wide, aperture: .all, apertureSource: "test 64-bit"))
         db.addGroup(IOMMUGroup(id: hugeOnly, aperture: narrow, apertureSource: "test 39-bit", pageSizes: 0x4020_0000))
         try! db.addRegion(ReservedRegion(kind: .msi, range: msi, owner: .profile, source: "test msi", group: nil))
-        try! db.addRegion(ReservedRegion(kind: .direct, range: rmrr, owner: .acpi, source: "DMAR RMRR #1 (03:00.0)", group: direct))
+        try! db.addRegion(
+            ReservedRegion(kind: .direct, range: rmrr, owner: .acpi, source: "DMAR RMRR #1 (03:00.0)", group: direct))
         try! db.addRegion(
             ReservedRegion(
-                kind: .directRelaxable, range: IOVARange(first: 0, last: 0xff_ffff)!, owner: .sysfs, source: "sysfs group 2",
+                kind: .directRelaxable, range: IOVARange(first: 0, last: 0xff_ffff)!, owner: .sysfs,
+                source: "sysfs group 2",
                 group: relaxable))
-        try! db.addRegion(ReservedRegion(kind: .reserved, range: extraWindow, owner: .config, source: "config test:3", group: extra))
+        try! db.addRegion(
+            ReservedRegion(kind: .reserved, range: extraWindow, owner: .config, source: "config test:3", group: extra))
         return db
     }
 
     static func state(attached groups: [UInt32], tenant: TenantPolicy = TenantPolicy()) -> TenantState {
         var state = TenantState()
         for group in groups {
-            guard case .success(let plan) = PolicyEngine.decideAttach(group: group, platform: platform, tenant: tenant, state: state)
+            guard
+                case .success(let plan) = PolicyEngine.decideAttach(
+                    group: group, platform: platform, tenant: tenant, state: state)
             else { fatalError("fixture attach of \(group) failed") }
             state.commit(plan)
         }

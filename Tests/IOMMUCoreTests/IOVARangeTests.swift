@@ -39,21 +39,37 @@ import Testing
     @Test func subtractingAHoleLeavesTheSidesExactlyAdjacent() throws {
         let space = try #require(IOVARange(first: 0, last: 0xffff))
         let hole = try #require(IOVARange(first: 0x1000, last: 0x1fff))
-        #expect(space.subtracting(hole) == [IOVARange(first: 0, last: 0xfff)!, IOVARange(first: 0x2000, last: 0xffff)!])
+        #expect(
+            space.subtracting(hole) == [IOVARange(first: 0, last: 0xfff)!, IOVARange(first: 0x2000, last: 0xffff)!])
         #expect(hole.subtracting(space) == [])
-        #expect(IOVARange.all.subtracting(IOVARange(first: 0, last: UInt64.max - 1)!) == [IOVARange(first: UInt64.max, last: UInt64.max)!])
+        #expect(
+            IOVARange.all.subtracting(IOVARange(first: 0, last: UInt64.max - 1)!) == [
+                IOVARange(first: UInt64.max, last: UInt64.max)!
+            ])
     }
 
     @Test func listSubtractionAndIntersectionHandleTheTopOfTheSpace() throws {
-        let holes = [IOVARange(first: 0xfee0_0000, last: 0xfeef_ffff)!, IOVARange(first: UInt64.max - 0xfff, last: UInt64.max)!]
+        let holes = [
+            IOVARange(first: 0xfee0_0000, last: 0xfeef_ffff)!, IOVARange(first: UInt64.max - 0xfff, last: UInt64.max)!,
+        ]
         let usable = [IOVARange.all].subtracting(holes)
-        #expect(usable == [IOVARange(first: 0, last: 0xfedf_ffff)!, IOVARange(first: 0xfef0_0000, last: UInt64.max - 0x1000)!])
+        #expect(
+            usable == [
+                IOVARange(first: 0, last: 0xfedf_ffff)!, IOVARange(first: 0xfef0_0000, last: UInt64.max - 0x1000)!,
+            ])
         let other = [IOVARange(first: 0x8000_0000, last: UInt64.max)!]
-        #expect(usable.intersecting(other) == [IOVARange(first: 0x8000_0000, last: 0xfedf_ffff)!, IOVARange(first: 0xfef0_0000, last: UInt64.max - 0x1000)!])
+        #expect(
+            usable.intersecting(other) == [
+                IOVARange(first: 0x8000_0000, last: 0xfedf_ffff)!,
+                IOVARange(first: 0xfef0_0000, last: UInt64.max - 0x1000)!,
+            ])
     }
 
     @Test func normalizingMergesTouchingAndOverlappingRanges() {
-        let ranges = [IOVARange(first: 10, last: 20)!, IOVARange(first: 0, last: 9)!, IOVARange(first: 15, last: 30)!, IOVARange(first: 32, last: 40)!]
+        let ranges = [
+            IOVARange(first: 10, last: 20)!, IOVARange(first: 0, last: 9)!, IOVARange(first: 15, last: 30)!,
+            IOVARange(first: 32, last: 40)!,
+        ]
         #expect(ranges.normalized() == [IOVARange(first: 0, last: 30)!, IOVARange(first: 32, last: 40)!])
     }
 

@@ -12,7 +12,8 @@ import Testing
         let tenant = tenant ?? self.tenant
         let state = state ?? Fixture.state(attached: groups, tenant: tenant)
         return PolicyEngine.decideMap(
-            MapRequest(iova: iova, size: size, flags: flags, offset: offset), platform: platform, tenant: tenant, state: state)
+            MapRequest(iova: iova, size: size, flags: flags, offset: offset), platform: platform, tenant: tenant,
+            state: state)
     }
 
     @Test func zeroSizeIsEINVAL() {
@@ -60,7 +61,8 @@ import Testing
         #expect(decide(0x1f000, 0x1000, state: state).errno == .EEXIST)
         #expect(decide(0x10000, 0x1000, state: state).errno == .EEXIST)
         #expect(decide(0xf000, 0x2000, state: state).errno == .EEXIST)
-        #expect(decide(0x0, 0x100000, state: state).denial?.conflict == .mapping(IOVARange(first: 0x10000, last: 0x1ffff)!))
+        #expect(
+            decide(0x0, 0x100000, state: state).denial?.conflict == .mapping(IOVARange(first: 0x10000, last: 0x1ffff)!))
         // Exactly adjacent on both sides is fine.
         #expect(decide(0xf000, 0x1000, state: state).errno == nil)
         #expect(decide(0x20000, 0x1000, state: state).errno == nil)
@@ -131,7 +133,9 @@ import Testing
         let tenant = TenantPolicy(maxBytes: UInt64.max)
         var state = TenantState()
         state.commit(try PolicyEngine.decideAttach(group: 0, platform: bare, tenant: tenant, state: state).get())
-        for (iova, size): (UInt64, UInt64) in [(0, 0x8000_0000_0000_0000), (0x8000_0000_0000_0000, 0x7fff_ffff_ffff_f000)] {
+        for (iova, size): (UInt64, UInt64) in [
+            (0, 0x8000_0000_0000_0000), (0x8000_0000_0000_0000, 0x7fff_ffff_ffff_f000),
+        ] {
             let request = MapRequest(iova: iova, size: size)
             state.commit(try PolicyEngine.decideMap(request, platform: bare, tenant: tenant, state: state).get())
         }

@@ -11,7 +11,8 @@ import Testing
 
     static var platform: PlatformDatabase {
         var db = PlatformDatabase()
-        db.addGroup(IOMMUGroup(id: 0, aperture: IOVARange(first: 0, last: aperturePages * page - 1)!, apertureSource: "model"))
+        db.addGroup(
+            IOMMUGroup(id: 0, aperture: IOVARange(first: 0, last: aperturePages * page - 1)!, apertureSource: "model"))
         let window = IOVARange(first: reservedPages.lowerBound * page, last: (reservedPages.upperBound + 1) * page - 1)!
         try! db.addRegion(ReservedRegion(kind: .reserved, range: window, owner: .config, source: "model", group: 0))
         return db
@@ -61,7 +62,8 @@ import Testing
         await propertyCheck(count: 300, input: Gen.uint64(in: 0...UInt64.max).array(of: 1...120)) { ops in
             let tenant = TenantPolicy(maxMappings: 10, maxBytes: 24 * Self.page)
             var state = TenantState()
-            state.commit(try! PolicyEngine.decideAttach(group: 0, platform: platform, tenant: tenant, state: state).get())
+            state.commit(
+                try! PolicyEngine.decideAttach(group: 0, platform: platform, tenant: tenant, state: state).get())
             var model = Model()
             for op in ops {
                 // Mostly page-aligned requests in and just around the space, sometimes garbage.
@@ -74,7 +76,8 @@ import Testing
                 if op & 1 == 0 {
                     let expected = model.expectMap(iova: iova, size: size, flags: flags, tenant: tenant)
                     let decision = PolicyEngine.decideMap(
-                        MapRequest(iova: iova, size: size, flags: flags), platform: platform, tenant: tenant, state: state)
+                        MapRequest(iova: iova, size: size, flags: flags), platform: platform, tenant: tenant,
+                        state: state)
                     #expect(decision.errno == expected, "map \(Hex(iova)) \(Hex(size)) flags \(flags)")
                     tally.note(decision.errno)
                     if case .success(let plan) = decision {
@@ -84,7 +87,8 @@ import Testing
                     }
                 } else {
                     let (expected, bytes) = model.expectUnmap(iova: iova, size: size)
-                    let decision = PolicyEngine.decideUnmap(UnmapRequest(iova: iova, size: size), platform: platform, state: state)
+                    let decision = PolicyEngine.decideUnmap(
+                        UnmapRequest(iova: iova, size: size), platform: platform, state: state)
                     #expect(decision.errno == expected, "unmap \(Hex(iova)) \(Hex(size))")
                     if case .success(let plan) = decision {
                         #expect(plan.bytes == bytes)

@@ -16,8 +16,11 @@ import Testing
         return state
     }
 
-    func unmap(_ iova: UInt64, _ size: UInt64, flags: UInt32 = 0, state: TenantState? = nil) -> Result<UnmapPlan, Denial> {
-        PolicyEngine.decideUnmap(UnmapRequest(iova: iova, size: size, flags: flags), platform: platform, state: state ?? populated())
+    func unmap(_ iova: UInt64, _ size: UInt64, flags: UInt32 = 0, state: TenantState? = nil) -> Result<
+        UnmapPlan, Denial
+    > {
+        PolicyEngine.decideUnmap(
+            UnmapRequest(iova: iova, size: size, flags: flags), platform: platform, state: state ?? populated())
     }
 
     @Test func exactlyOneMappingIsRemovedWithItsBytes() throws {
@@ -86,7 +89,9 @@ import Testing
 @Suite struct PolicyEngineAttachTests {
     let platform = Fixture.platform
 
-    func attach(_ group: UInt32, tenant: TenantPolicy = TenantPolicy(), state: TenantState = TenantState()) -> Result<AttachPlan, Denial> {
+    func attach(_ group: UInt32, tenant: TenantPolicy = TenantPolicy(), state: TenantState = TenantState()) -> Result<
+        AttachPlan, Denial
+    > {
         PolicyEngine.decideAttach(group: group, platform: platform, tenant: tenant, state: state)
     }
 
@@ -169,7 +174,9 @@ import Testing
     @Test func removingAnOwnersRegionsFreesTheirRanges() {
         var db = platform
         #expect(db.removeRegions(ownedBy: .config) == 1)
-        #expect(db.usableRanges(groups: [Fixture.extra], relaxable: .deny) == db.usableRanges(groups: [Fixture.plain], relaxable: .deny))
+        #expect(
+            db.usableRanges(groups: [Fixture.extra], relaxable: .deny)
+                == db.usableRanges(groups: [Fixture.plain], relaxable: .deny))
         #expect(db.regions(group: Fixture.extra)?.contains { $0.owner == .config } == false)
     }
 
