@@ -178,3 +178,16 @@ extension Result {
         #expect(db.usableRanges(groups: [0, 2], relaxable: .deny).first == IOVARange(first: 0, last: 0x7ff_ffff))
     }
 }
+
+@Suite struct ShippedConfigTests {
+    @Test func theShippedPolicyFileParsesWithTheDocumentedDefaults() throws {
+        // Tests/PlatformDiscoveryTests/ -> repository root -> Config/policy.toml
+        let root = String(#filePath).split(separator: "/").dropLast(3).joined(separator: "/")
+        let path = "/\(root)/Config/policy.toml"
+        let bytes = try #require(DiskFileSource.readFile(.init(path)))
+        let config = try PolicyConfig.parse(String(decoding: bytes, as: UTF8.self), path: path).get()
+        #expect(config.defaults == PolicyConfig.Defaults())
+        #expect(config.reserved.isEmpty)
+        #expect(config.tenants.isEmpty)
+    }
+}
