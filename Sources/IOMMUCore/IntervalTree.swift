@@ -18,23 +18,14 @@ public struct IntervalTree<Value>: Sendable where Value: Sendable {
         public let value: Value
     }
 
-    // The tree's shape lives in parallel arrays indexed by slot, apart from the values, so
-    // that rebalancing touches only plain integers (cheap in debug builds too) and an entry
-    // costs 33 bytes plus its value.
-    private var firsts: [UInt64] = []
-    private var lasts: [UInt64] = []
-    /// The largest `last` in the subtree rooted at each slot: what makes overlap queries prune.
-    private var maxLasts: [UInt64] = []
-    private var lefts: [Int32] = []
-    private var rights: [Int32] = []
-    private var heights: [Int8] = []
+    // The tree's shape lives in an array of plain links, apart from the values, so that
+    // rebalancing touches only integers through one pointer (cheap in debug builds too) and an
+    // entry costs 40 bytes plus its value.
+    private var links: [Link] = []
     /// nil marks a free slot.
     private var values: [Value?] = []
-
-    private static var none: Int32 { -1 }
-
     private var freeSlots: [Int32] = []
-    private var root: Int32 = -1
+    private var root: Int32 = Link.none
     public private(set) var count = 0
 
     public init() {}
@@ -45,29 +36,20 @@ public struct IntervalTree<Value>: Sendable where Value: Sendable {
 
     @discardableResult
     public mutating func insert(_ range: IOVARange, _ value: Value) -> ID {
+        let link = Link(first: range.first, last: range.last)
         let slot: Int32
         if let reused = freeSlots.popLast() {
             slot = reused
-            let i = Int(slot)
-            firsts[i] = range.first
-            lasts[i] = range.last
-            maxLasts[i] = range.last
-            lefts[i] = Self.none
-            rights[i] = Self.none
-            heights[i] = 1
-            values[i] = value
+            links[Int(slot)] = link
+            values[Int(slot)] = value
         } else {
             precondition(values.count < Int(Int32.max), "interval tree is full")
             slot = Int32(values.count)
-            firsts.append(range.first)
-            lasts.append(range.last)
-            maxLasts.append(range.last)
-            lefts.append(Self.none)
-            rights.append(Self.none)
-            heights.append(1)
+            links.append(link)
             values.append(value)
         }
-        root = insert(slot, into: root)
+        let top = root
+        root = links.withUnsafeMutableBufferPointer { Shape($0.baseAddress!).insert(slot, into: top) }
         count += 1
         return ID(slot: slot)
     }
@@ -76,10 +58,11 @@ public struct IntervalTree<Value>: Sendable where Value: Sendable {
     @discardableResult
     public mutating func remove(_ id: ID) -> Value? {
         guard contains(id) else { return nil }
-        let i = Int(id.slot)
-        let value = values[i]
-        root = remove(key: (firsts[i], id.slot), from: root)
-        values[i] = nil
+        let value = values[Int(id.slot)]
+        let top = root
+        let key = (links[Int(id.slot)].first, id.slot)
+        root = links.withUnsafeMutableBufferPointer { Shape($0.baseAddress!).remove(key: key, from: top) }
+        values[Int(id.slot)] = nil
         freeSlots.append(id.slot)
         count -= 1
         return value
@@ -103,13 +86,14 @@ public struct IntervalTree<Value>: Sendable where Value: Sendable {
 
     public subscript(id: ID) -> Entry? {
         guard contains(id) else { return nil }
-        return entry(id.slot)
+        let link = links[Int(id.slot)]
+        return Entry(id: id, range: IOVARange(unchecked: link.first, link.last), value: values[Int(id.slot)]!)
     }
 
     /// The entry with the lowest `first` among those overlapping `range`.
     public func firstOverlap(_ range: IOVARange) -> Entry? {
         var found: Entry?
-        visitOverlaps(root, range) {
+        forEachOverlap(range) {
             found = $0
             return false
         }
@@ -121,7 +105,7 @@ public struct IntervalTree<Value>: Sendable where Value: Sendable {
     /// Every entry overlapping `range`, ordered by `first`.
     public func overlapping(_ range: IOVARange) -> [Entry] {
         var found: [Entry] = []
-        visitOverlaps(root, range) {
+        forEachOverlap(range) {
             found.append($0)
             return true
         }
@@ -130,7 +114,10 @@ public struct IntervalTree<Value>: Sendable where Value: Sendable {
 
     /// Calls `body` on each entry overlapping `range`, in order, until it returns false.
     public func forEachOverlap(_ range: IOVARange, _ body: (Entry) -> Bool) {
-        visitOverlaps(root, range, body)
+        links.withUnsafeBufferPointer { buffer in
+            guard let base = buffer.baseAddress else { return }
+            _ = visitOverlaps(base, root, range, body)
+        }
     }
 
     /// All entries, ordered by `first`.
@@ -147,33 +134,34 @@ public struct IntervalTree<Value>: Sendable where Value: Sendable {
         var problem: String?
         /// Returns the subtree's height, or nil once a problem is found.
         func check(_ n: Int32, lower: (UInt64, Int32)?, upper: (UInt64, Int32)?) -> Int8? {
-            if n == Self.none { return 0 }
+            if n == Link.none { return 0 }
             let i = Int(n)
+            let link = links[i]
             guard values[i] != nil else {
                 problem = "free slot \(n) is linked into the tree"
                 return nil
             }
-            let key = (firsts[i], n)
-            if let lower, !(lower < key) || upper.map({ !(key < $0) }) ?? false {
+            let key = (link.first, n)
+            if lower.map({ !($0 < key) }) ?? false || upper.map({ !(key < $0) }) ?? false {
                 problem = "slot \(n) is out of order"
                 return nil
             }
-            guard let lh = check(lefts[i], lower: lower, upper: key),
-                let rh = check(rights[i], lower: key, upper: upper)
+            guard let lh = check(link.left, lower: lower, upper: key),
+                let rh = check(link.right, lower: key, upper: upper)
             else { return nil }
-            guard abs(Int(lh) - Int(rh)) <= 1, heights[i] == max(lh, rh) + 1 else {
+            guard abs(Int(lh) - Int(rh)) <= 1, link.height == max(lh, rh) + 1 else {
                 problem = "slot \(n) is unbalanced or has a stale height"
                 return nil
             }
-            var maxLast = lasts[i]
-            if lefts[i] != Self.none { maxLast = max(maxLast, maxLasts[Int(lefts[i])]) }
-            if rights[i] != Self.none { maxLast = max(maxLast, maxLasts[Int(rights[i])]) }
-            guard maxLasts[i] == maxLast, firsts[i] <= lasts[i] else {
+            var maxLast = link.last
+            if link.left != Link.none { maxLast = max(maxLast, links[Int(link.left)].maxLast) }
+            if link.right != Link.none { maxLast = max(maxLast, links[Int(link.right)].maxLast) }
+            guard link.maxLast == maxLast, link.first <= link.last else {
                 problem = "slot \(n) has a stale maxLast"
                 return nil
             }
             seen += 1
-            return heights[i]
+            return link.height
         }
         guard check(root, lower: nil, upper: nil) != nil else { return problem }
         guard seen == count else { return "count \(count) but \(seen) reachable entries" }
@@ -183,109 +171,131 @@ public struct IntervalTree<Value>: Sendable where Value: Sendable {
 
     // MARK: Internals
 
-    private func entry(_ slot: Int32) -> Entry {
-        let i = Int(slot)
-        return Entry(id: ID(slot: slot), range: IOVARange(unchecked: firsts[i], lasts[i]), value: values[i]!)
-    }
-
-    @discardableResult
-    private func visitOverlaps(_ n: Int32, _ range: IOVARange, _ body: (Entry) -> Bool) -> Bool {
-        if n == Self.none { return true }
-        let i = Int(n)
+    private func visitOverlaps(
+        _ base: UnsafePointer<Link>, _ n: Int32, _ range: IOVARange, _ body: (Entry) -> Bool
+    ) -> Bool {
+        if n == Link.none { return true }
+        let link = base[Int(n)]
         // Nothing in this subtree ends at or after range.first.
-        if maxLasts[i] < range.first { return true }
-        if !visitOverlaps(lefts[i], range, body) { return false }
+        if link.maxLast < range.first { return true }
+        if !visitOverlaps(base, link.left, range, body) { return false }
         // This entry and everything to its right start after the query.
-        if firsts[i] > range.last { return true }
-        if lasts[i] >= range.first, !body(entry(n)) { return false }
-        return visitOverlaps(rights[i], range, body)
+        if link.first > range.last { return true }
+        if link.last >= range.first {
+            let entry = Entry(id: ID(slot: n), range: IOVARange(unchecked: link.first, link.last), value: values[Int(n)]!)
+            if !body(entry) { return false }
+        }
+        return visitOverlaps(base, link.right, range, body)
+    }
+}
+
+/// One node's place in the tree.
+private struct Link {
+    static let none: Int32 = -1
+    var first: UInt64
+    var last: UInt64
+    /// The largest `last` in the subtree rooted here: what lets overlap queries prune.
+    var maxLast: UInt64
+    var left: Int32 = none
+    var right: Int32 = none
+    var height: Int8 = 1
+
+    init(first: UInt64, last: UInt64) {
+        self.first = first
+        self.last = last
+        self.maxLast = last
+    }
+}
+
+/// AVL insertion and removal over the links, through one pointer for the whole operation.
+private struct Shape {
+    let p: UnsafeMutablePointer<Link>
+    init(_ p: UnsafeMutablePointer<Link>) { self.p = p }
+
+    func height(_ n: Int32) -> Int8 { n == Link.none ? 0 : p[Int(n)].height }
+
+    func key(_ n: Int32) -> (UInt64, Int32) { (p[Int(n)].first, n) }
+
+    func update(_ n: Int32) {
+        let l = p[Int(n)].left
+        let r = p[Int(n)].right
+        var maxLast = p[Int(n)].last
+        if l != Link.none { maxLast = max(maxLast, p[Int(l)].maxLast) }
+        if r != Link.none { maxLast = max(maxLast, p[Int(r)].maxLast) }
+        p[Int(n)].maxLast = maxLast
+        p[Int(n)].height = max(height(l), height(r)) + 1
     }
 
-    private func height(_ n: Int32) -> Int8 { n == Self.none ? 0 : heights[Int(n)] }
-
-    private func key(_ n: Int32) -> (UInt64, Int32) { (firsts[Int(n)], n) }
-
-    private mutating func update(_ n: Int32) {
-        let i = Int(n)
-        let l = lefts[i]
-        let r = rights[i]
-        var maxLast = lasts[i]
-        if l != Self.none { maxLast = max(maxLast, maxLasts[Int(l)]) }
-        if r != Self.none { maxLast = max(maxLast, maxLasts[Int(r)]) }
-        maxLasts[i] = maxLast
-        heights[i] = max(height(l), height(r)) + 1
-    }
-
-    private mutating func rotateLeft(_ n: Int32) -> Int32 {
-        let r = rights[Int(n)]
-        rights[Int(n)] = lefts[Int(r)]
-        lefts[Int(r)] = n
+    func rotateLeft(_ n: Int32) -> Int32 {
+        let r = p[Int(n)].right
+        p[Int(n)].right = p[Int(r)].left
+        p[Int(r)].left = n
         update(n)
         update(r)
         return r
     }
 
-    private mutating func rotateRight(_ n: Int32) -> Int32 {
-        let l = lefts[Int(n)]
-        lefts[Int(n)] = rights[Int(l)]
-        rights[Int(l)] = n
+    func rotateRight(_ n: Int32) -> Int32 {
+        let l = p[Int(n)].left
+        p[Int(n)].left = p[Int(l)].right
+        p[Int(l)].right = n
         update(n)
         update(l)
         return l
     }
 
-    private func balanceFactor(_ n: Int32) -> Int {
-        Int(height(lefts[Int(n)])) - Int(height(rights[Int(n)]))
+    func balanceFactor(_ n: Int32) -> Int {
+        Int(height(p[Int(n)].left)) - Int(height(p[Int(n)].right))
     }
 
-    private mutating func rebalance(_ n: Int32) -> Int32 {
+    func rebalance(_ n: Int32) -> Int32 {
         update(n)
         let factor = balanceFactor(n)
         if factor > 1 {
-            if balanceFactor(lefts[Int(n)]) < 0 { lefts[Int(n)] = rotateLeft(lefts[Int(n)]) }
+            if balanceFactor(p[Int(n)].left) < 0 { p[Int(n)].left = rotateLeft(p[Int(n)].left) }
             return rotateRight(n)
         }
         if factor < -1 {
-            if balanceFactor(rights[Int(n)]) > 0 { rights[Int(n)] = rotateRight(rights[Int(n)]) }
+            if balanceFactor(p[Int(n)].right) > 0 { p[Int(n)].right = rotateRight(p[Int(n)].right) }
             return rotateLeft(n)
         }
         return n
     }
 
-    private mutating func insert(_ slot: Int32, into n: Int32) -> Int32 {
-        if n == Self.none { return slot }
+    func insert(_ slot: Int32, into n: Int32) -> Int32 {
+        if n == Link.none { return slot }
         if key(slot) < key(n) {
-            lefts[Int(n)] = insert(slot, into: lefts[Int(n)])
+            p[Int(n)].left = insert(slot, into: p[Int(n)].left)
         } else {
-            rights[Int(n)] = insert(slot, into: rights[Int(n)])
+            p[Int(n)].right = insert(slot, into: p[Int(n)].right)
         }
         return rebalance(n)
     }
 
-    private mutating func remove(key target: (UInt64, Int32), from n: Int32) -> Int32 {
-        precondition(n != Self.none, "interval tree: key not found")
+    func remove(key target: (UInt64, Int32), from n: Int32) -> Int32 {
+        precondition(n != Link.none, "interval tree: key not found")
         if target < key(n) {
-            lefts[Int(n)] = remove(key: target, from: lefts[Int(n)])
+            p[Int(n)].left = remove(key: target, from: p[Int(n)].left)
         } else if key(n) < target {
-            rights[Int(n)] = remove(key: target, from: rights[Int(n)])
+            p[Int(n)].right = remove(key: target, from: p[Int(n)].right)
         } else {
-            let left = lefts[Int(n)]
-            let right = rights[Int(n)]
-            if left == Self.none { return right }
-            if right == Self.none { return left }
+            let left = p[Int(n)].left
+            let right = p[Int(n)].right
+            if left == Link.none { return right }
+            if right == Link.none { return left }
             let (rest, successor) = removeMin(right)
-            lefts[Int(successor)] = left
-            rights[Int(successor)] = rest
+            p[Int(successor)].left = left
+            p[Int(successor)].right = rest
             return rebalance(successor)
         }
         return rebalance(n)
     }
 
-    private mutating func removeMin(_ n: Int32) -> (root: Int32, min: Int32) {
-        let left = lefts[Int(n)]
-        if left == Self.none { return (rights[Int(n)], n) }
+    func removeMin(_ n: Int32) -> (root: Int32, min: Int32) {
+        let left = p[Int(n)].left
+        if left == Link.none { return (p[Int(n)].right, n) }
         let (rest, minimum) = removeMin(left)
-        lefts[Int(n)] = rest
+        p[Int(n)].left = rest
         return (rebalance(n), minimum)
     }
 }
