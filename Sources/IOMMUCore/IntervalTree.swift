@@ -182,7 +182,8 @@ public struct IntervalTree<Value>: Sendable where Value: Sendable {
         // This entry and everything to its right start after the query.
         if link.first > range.last { return true }
         if link.last >= range.first {
-            let entry = Entry(id: ID(slot: n), range: IOVARange(unchecked: link.first, link.last), value: values[Int(n)]!)
+            let entry = Entry(
+                id: ID(slot: n), range: IOVARange(unchecked: link.first, link.last), value: values[Int(n)]!)
             if !body(entry) { return false }
         }
         return visitOverlaps(base, link.right, range, body)

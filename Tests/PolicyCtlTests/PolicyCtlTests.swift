@@ -14,7 +14,9 @@ struct PolicyCtl {
 
     /// The tool sits beside the test bundle in SwiftPM's build directory.
     static let executable: URL = {
-        let me = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
+        let me = URL(
+            fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+                ?? CommandLine.arguments[0])
         return me.deletingLastPathComponent().appendingPathComponent("iommu-policyctl")
     }()
 
@@ -60,14 +62,16 @@ final class TemporaryDirectory {
 
 @Suite struct PolicyCtlCheckTests {
     @Test func aMapAtTheMSIWindowIsDeniedWithExit1NamingTheWindowAndItsSource() throws {
-        let outcome = try PolicyCtl.run("check", "--profile", "x86-intel", "--group", "0", "--iova", "0xfee00000", "--size", "0x1000")
+        let outcome = try PolicyCtl.run(
+            "check", "--profile", "x86-intel", "--group", "0", "--iova", "0xfee00000", "--size", "0x1000")
         #expect(outcome.status == 1)
         #expect(outcome.stdout.contains("msi region 0xfee00000-0xfeefffff"))
         #expect(outcome.stdout.contains("profile x86-intel"))
     }
 
     @Test func aMapAtOneGiBIsAllowedWithExit0() throws {
-        let outcome = try PolicyCtl.run("check", "--profile", "x86-intel", "--group", "0", "--iova", "0x40000000", "--size", "0x1000")
+        let outcome = try PolicyCtl.run(
+            "check", "--profile", "x86-intel", "--group", "0", "--iova", "0x40000000", "--size", "0x1000")
         #expect(outcome.status == 0)
         #expect(outcome.stdout == "allow\n")
     }
@@ -113,20 +117,26 @@ final class TemporaryDirectory {
 
     @Test func aConfigRegionIsNamedByFileAndLine() throws {
         let dir = try TemporaryDirectory()
-        let config = try dir.write("policy.toml", "[defaults]\nmax_bytes = \"1G\"\n\n[[reserved]]\nfirst = 0x4000_0000\nlast = 0x4fff_ffff\n")
+        let config = try dir.write(
+            "policy.toml", "[defaults]\nmax_bytes = \"1G\"\n\n[[reserved]]\nfirst = 0x4000_0000\nlast = 0x4fff_ffff\n")
         let outcome = try PolicyCtl.run(
-            "check", "--profile", "x86-amd", "--config", config, "--group", "0", "--iova", "0x4fff0000", "--size", "0x10000", "--json")
+            "check", "--profile", "x86-amd", "--config", config, "--group", "0", "--iova", "0x4fff0000", "--size",
+            "0x10000", "--json")
         #expect(outcome.status == 1)
         #expect((outcome.json?["conflict"] as? [String: Any])?["source"] as? String == "config \(config):4")
         let quota = try PolicyCtl.run(
-            "check", "--profile", "x86-amd", "--config", config, "--group", "0", "--iova", "0x100000000", "--size", "0x80000000", "--json")
+            "check", "--profile", "x86-amd", "--config", config, "--group", "0", "--iova", "0x100000000", "--size",
+            "0x80000000", "--json")
         #expect(quota.json?["errno"] as? Int == 12)
     }
 
     @Test func aUidThatNoTenantRuleMatchesIsRefused() throws {
         let dir = try TemporaryDirectory()
         let config = try dir.write("policy.toml", "[[tenant]]\nuid = 1000\ngroups = [1]\n")
-        let base = ["check", "--profile", "x86-intel", "--profile-groups", "2", "--config", config, "--iova", "0x1000", "--size", "0x1000", "--json"]
+        let base = [
+            "check", "--profile", "x86-intel", "--profile-groups", "2", "--config", config, "--iova", "0x1000",
+            "--size", "0x1000", "--json",
+        ]
         let stranger = try PolicyCtl.run(base + ["--group", "1", "--uid", "1001"])
         #expect(stranger.status == 1)
         #expect(stranger.json?["errno"] as? Int == 1)
@@ -137,8 +147,11 @@ final class TemporaryDirectory {
 
     @Test func aGroupWithAFirmwareDirectRegionIsRefusedWithEPERM() throws {
         let dir = try TemporaryDirectory()
-        try dir.write("sys/kernel/iommu_groups/5/reserved_regions", "0x0000000079000000 0x00000000790fffff direct\n0x00000000fee00000 0x00000000feefffff msi\n")
-        let outcome = try PolicyCtl.run("check", "--sysfs-root", dir.path, "--group", "5", "--iova", "0x1000", "--size", "0x1000")
+        try dir.write(
+            "sys/kernel/iommu_groups/5/reserved_regions",
+            "0x0000000079000000 0x00000000790fffff direct\n0x00000000fee00000 0x00000000feefffff msi\n")
+        let outcome = try PolicyCtl.run(
+            "check", "--sysfs-root", dir.path, "--group", "5", "--iova", "0x1000", "--size", "0x1000")
         #expect(outcome.status == 1)
         #expect(outcome.stdout.contains("EPERM"))
         #expect(outcome.stdout.contains("1:1 IOMMU mapping"))
@@ -156,13 +169,15 @@ final class TemporaryDirectory {
         #expect(regions.allSatisfy { $0["source"] as? String == "profile x86-amd" })
         let text = try PolicyCtl.run("regions", "--profile", "x86-amd")
         let row = text.stdout.split(separator: "\n").first { $0.contains(" reserved ") }
-        #expect(row?.split(separator: " ", omittingEmptySubsequences: true).map(String.init) == [
-            "all", "reserved", "0xfd00000000", "0xffffffffff", "profile", "x86-amd",
-        ])
+        #expect(
+            row?.split(separator: " ", omittingEmptySubsequences: true).map(String.init) == [
+                "all", "reserved", "0xfd00000000", "0xffffffffff", "profile", "x86-amd",
+            ])
     }
 
     @Test func rangesAreTheApertureMinusTheRegions() throws {
-        let outcome = try PolicyCtl.run("ranges", "--profile", "x86-intel", "--aperture-bits", "39", "--group", "0", "--json")
+        let outcome = try PolicyCtl.run(
+            "ranges", "--profile", "x86-intel", "--aperture-bits", "39", "--group", "0", "--json")
         #expect(outcome.status == 0)
         let usable = try #require(outcome.json?["usable"] as? [[UInt64]])
         #expect(usable == [[0, 0xfedf_ffff], [0xfef0_0000, 0x7f_ffff_ffff]])
@@ -186,10 +201,19 @@ final class TemporaryDirectory {
         ["check", "--profile", "x86-intel", "--iova", "0x1000", "--size", "0x1000"],
         ["check", "--profile", "x86-intel", "--group", "9", "--iova", "0x1000", "--size", "0x1000"],
         ["check", "--profile", "sparc", "--group", "0", "--iova", "0x1000", "--size", "0x1000"],
-        ["check", "--profile", "x86-intel", "--sysfs-root", "/", "--group", "0", "--iova", "0x1000", "--size", "0x1000"],
+        [
+            "check", "--profile", "x86-intel", "--sysfs-root", "/", "--group", "0", "--iova", "0x1000", "--size",
+            "0x1000",
+        ],
         ["check", "--profile", "x86-intel", "--group", "0", "--iova", "0x1000", "--size", "0x1000", "--flags", "x"],
-        ["check", "--profile", "x86-amd", "--aperture-bits", "39", "--group", "0", "--iova", "0x1000", "--size", "0x1000"],
-        ["check", "--profile", "x86-intel", "--config", "/nonexistent/policy.toml", "--group", "0", "--iova", "0", "--size", "1"],
+        [
+            "check", "--profile", "x86-amd", "--aperture-bits", "39", "--group", "0", "--iova", "0x1000", "--size",
+            "0x1000",
+        ],
+        [
+            "check", "--profile", "x86-intel", "--config", "/nonexistent/policy.toml", "--group", "0", "--iova", "0",
+            "--size", "1",
+        ],
         ["ranges", "--profile", "x86-intel"],
         ["regions", "--bogus"],
         ["frobnicate"],
