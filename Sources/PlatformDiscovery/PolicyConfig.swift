@@ -103,6 +103,9 @@ extension PolicyConfig {
 
     /// Parses and validates the whole file; collects every error rather than stopping at the first.
     public static func parse(_ text: String, path: String) -> Result<PolicyConfig, ConfigError> {
+        if let problem = TOMLPrecheck.firstProblem(in: text) {
+            return .failure(ConfigError(diagnostics: [.atLine(.error, file: path, problem.line, problem.message)]))
+        }
         let table: TOMLTable
         do {
             table = try TOMLTable(string: text)
@@ -130,7 +133,10 @@ struct LineIndex {
     /// 1-based lines of each `[[name]]` (or `[name]`) header, in order.
     func headers(_ name: String, array: Bool) -> [Int] {
         let header = array ? "[[\(name)]]" : "[\(name)]"
-        return lines.indices.filter { lines[$0].trimmingWhitespace().hasPrefix(header) }.map { $0 + 1 }
+        return lines.indices.filter { index in
+            // `[[ tenant ]]` is the same header as `[[tenant]]`.
+            lines[index].filter { $0 != " " && $0 != "\t" }.hasPrefix(header)
+        }.map { $0 + 1 }
     }
 
     /// The line of `key = …` at or after `start` (1-based), before the next header.

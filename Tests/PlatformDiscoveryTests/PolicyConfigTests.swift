@@ -191,3 +191,37 @@ extension Result {
         #expect(config.tenants.isEmpty)
     }
 }
+
+@Suite struct TOMLPrecheckTests {
+    /// toml++ asserted (aborting the process) on a non-ASCII bare key; found by the fuzz test.
+    @Test func aNonASCIICharacterInATableNameIsAnErrorNotAnAbort() {
+        let text = "# comment é is fine\n[\u{FFFD}efaults]\nmax_bytes = 1\n"
+        let error = PolicyConfig.parse(text, path: "p.toml").failure
+        #expect(error?.diagnostics.first?.location == "line 2")
+    }
+
+    @Test func nonASCIIInsideStringsAndCommentsIsAccepted() throws {
+        let text = "[[reserved]] # é\nfirst = 0\nlast = 0xfff\ncomment = \"scratch é \\\" ü\"\n"
+        #expect(try PolicyConfig.parse(text, path: "p.toml").get().reserved.first?.comment == "scratch é \" ü")
+        let multiline = "[[reserved]]\nfirst = 0\nlast = 0xfff\ncomment = '''\nä\n'''\n"
+        #expect(try PolicyConfig.parse(multiline, path: "p.toml").get().reserved.count == 1)
+    }
+
+    /// toml++ asserted on `[=a]` and `[[)a]]`; found by the fuzz test.
+    @Test(arguments: ["[=tenant]", "[[)reserved]]", "  [ =a]", "[[]]"])
+    func aTableHeaderThatDoesNotStartWithAKeyIsAnError(_ header: String) {
+        let error = PolicyConfig.parse("[defaults]\n\n\(header)\nuid = 1\n", path: "p.toml").failure
+        #expect(error?.diagnostics.first?.location == "line 3")
+    }
+
+    @Test func quotedAndSpacedTableHeadersStillParse() throws {
+        #expect(
+            try PolicyConfig.parse("[ \"defaults\" ]\nmax_bytes = 7\n", path: "p.toml").get().defaults.maxBytes == 7)
+        #expect(try PolicyConfig.parse("\n[[ tenant ]]\nuid = 5\n", path: "p.toml").get().tenants.first?.line == 2)
+    }
+
+    @Test func controlCharactersAreRefusedWithTheirLine() {
+        let error = PolicyConfig.parse("[defaults]\nmax_bytes = 1\u{1}\n", path: "p.toml").failure
+        #expect(error?.diagnostics.first?.location == "line 2")
+    }
+}
