@@ -42,6 +42,7 @@ public struct Denial: Error, Hashable, Sendable {
         public static let alreadyAttached = Code("already-attached")
         public static let mappingsConflictGroup = Code("mappings-conflict-group")
         public static let notATenant = Code("not-a-tenant")
+        public static let pageSizesDisjoint = Code("page-sizes-disjoint")
     }
 }
 

@@ -7,9 +7,13 @@
 /// copy-on-write.
 public struct IntervalTree<Value>: Sendable where Value: Sendable {
     /// Identifies one entry for as long as it is in the tree.
+    /// Identifies one entry for as long as it is in the tree. Slots are reused, so an ID also
+    /// carries its slot's generation: an ID kept past its entry's removal never names a newer
+    /// entry that took the slot.
     public struct ID: Hashable, Sendable, Comparable {
         let slot: Int32
-        public static func < (lhs: ID, rhs: ID) -> Bool { lhs.slot < rhs.slot }
+        let generation: UInt32
+        public static func < (lhs: ID, rhs: ID) -> Bool { (lhs.slot, lhs.generation) < (rhs.slot, rhs.generation) }
     }
 
     public struct Entry: Sendable {
@@ -20,10 +24,12 @@ public struct IntervalTree<Value>: Sendable where Value: Sendable {
 
     // The tree's shape lives in an array of plain links, apart from the values, so that
     // rebalancing touches only integers through one pointer (cheap in debug builds too) and an
-    // entry costs 40 bytes plus its value.
+    // entry costs 44 bytes plus its value.
     private var links: [Link] = []
     /// nil marks a free slot.
     private var values: [Value?] = []
+    /// Bumped each time a slot is freed.
+    private var generations: [UInt32] = []
     private var freeSlots: [Int32] = []
     private var root: Int32 = Link.none
     public private(set) var count = 0
@@ -47,11 +53,12 @@ public struct IntervalTree<Value>: Sendable where Value: Sendable {
             slot = Int32(values.count)
             links.append(link)
             values.append(value)
+            generations.append(0)
         }
         let top = root
         root = links.withUnsafeMutableBufferPointer { Shape($0.baseAddress!).insert(slot, into: top) }
         count += 1
-        return ID(slot: slot)
+        return ID(slot: slot, generation: generations[Int(slot)])
     }
 
     /// Removes the entry and returns its value; nil when `id` is not in the tree.
@@ -63,6 +70,7 @@ public struct IntervalTree<Value>: Sendable where Value: Sendable {
         let key = (links[Int(id.slot)].first, id.slot)
         root = links.withUnsafeMutableBufferPointer { Shape($0.baseAddress!).remove(key: key, from: top) }
         values[Int(id.slot)] = nil
+        generations[Int(id.slot)] &+= 1
         freeSlots.append(id.slot)
         count -= 1
         return value
@@ -82,6 +90,7 @@ public struct IntervalTree<Value>: Sendable where Value: Sendable {
 
     public func contains(_ id: ID) -> Bool {
         id.slot >= 0 && Int(id.slot) < values.count && values[Int(id.slot)] != nil
+            && generations[Int(id.slot)] == id.generation
     }
 
     public subscript(id: ID) -> Entry? {
@@ -183,7 +192,8 @@ public struct IntervalTree<Value>: Sendable where Value: Sendable {
         if link.first > range.last { return true }
         if link.last >= range.first {
             let entry = Entry(
-                id: ID(slot: n), range: IOVARange(unchecked: link.first, link.last), value: values[Int(n)]!)
+                id: ID(slot: n, generation: generations[Int(n)]), range: IOVARange(unchecked: link.first, link.last),
+                value: values[Int(n)]!)
             if !body(entry) { return false }
         }
         return visitOverlaps(base, link.right, range, body)

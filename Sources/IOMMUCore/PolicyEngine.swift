@@ -133,8 +133,15 @@ public enum PolicyEngine {
                     .firmwareDirect, .EPERM, "group \(group) has \(region): \(firmwareDirectReason)",
                     conflict: Conflict(region)))
         }
+        let common = (state.groups + [group]).reduce(UInt64.max) { $0 & (platform.groups[$1]?.pageSizes ?? 0) }
+        guard common != 0 else {
+            return .failure(
+                Denial(
+                    .pageSizesDisjoint, .EINVAL,
+                    "group \(group) shares no IOMMU page size with the groups already attached"))
+        }
         // As VFIO does on attach: existing mappings must fit the new group too.
-        let page = minimumPageSize(platform: platform, groups: state.groups + [group])
+        let page = PageSizes.smallest(common)
         for entry in state.mappings.entries {
             if let region = platform.conflict(group: group, range: entry.range, relaxable: tenant.relaxable) {
                 return .failure(

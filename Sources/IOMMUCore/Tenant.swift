@@ -88,8 +88,16 @@ public struct TenantState: Sendable {
         groups.sort()
     }
 
-    public mutating func detach(group: UInt32) {
+    /// Detaches a group. Detaching the last one drops every mapping, as VFIO type1 does when a
+    /// container loses its last group; the dropped mappings are returned for the caller to release.
+    @discardableResult
+    public mutating func detach(group: UInt32) -> [(range: IOVARange, mapping: Mapping)] {
         groups.removeAll { $0 == group }
+        guard groups.isEmpty else { return [] }
+        let dropped = mappings.entries.map { ($0.range, $0.value) }
+        mappings.removeAll()
+        mappedBytes = 0
+        return dropped
     }
 
     @discardableResult
@@ -104,10 +112,12 @@ public struct TenantState: Sendable {
     public mutating func commit(_ plan: UnmapPlan) -> [(range: IOVARange, mapping: Mapping)] {
         var removed: [(IOVARange, Mapping)] = []
         for entry in plan.entries {
+            // A plan decided against an older state may name entries that are gone; IDs carry a
+            // generation, so it can never remove a newer mapping in their place.
             guard let mapping = mappings.remove(entry.id) else { continue }
             removed.append((entry.range, mapping))
+            mappedBytes -= entry.range.sizeMinusOne + 1
         }
-        mappedBytes -= plan.bytes
         return removed
     }
 }

@@ -186,3 +186,62 @@ import Testing
         #expect(platform.regions(group: Fixture.wide)?.contains { $0.kind == .outsideAperture } == false)
     }
 }
+
+@Suite struct TenantStateCommitTests {
+    let platform = Fixture.platform
+    let tenant = TenantPolicy()
+
+    func map(_ iova: UInt64, into state: inout TenantState) throws {
+        let request = MapRequest(iova: iova, size: 0x1000)
+        state.commit(try PolicyEngine.decideMap(request, platform: platform, tenant: tenant, state: state).get())
+    }
+
+    /// A second plan decided against the same state once removed the mapping that reused the
+    /// freed slot, and broke the byte count.
+    @Test func aStaleUnmapPlanNeverRemovesAMappingThatReusedItsSlot() throws {
+        var state = Fixture.state(attached: [Fixture.plain])
+        try map(0x1000, into: &state)
+        let first = try PolicyEngine.decideUnmap(
+            UnmapRequest(iova: 0x1000, size: 0x1000), platform: platform, state: state
+        ).get()
+        let second = try PolicyEngine.decideUnmap(
+            UnmapRequest(iova: 0x1000, size: 0x1000), platform: platform, state: state
+        ).get()
+        state.commit(first)
+        try map(0x9000, into: &state)
+        #expect(state.commit(second).isEmpty)
+        #expect(state.mappings.entries.map(\.range) == [IOVARange(start: 0x9000, size: 0x1000)!])
+        #expect(state.mappedBytes == 0x1000)
+    }
+
+    @Test func anIDKeptPastRemovalNoLongerResolves() {
+        var tree = IntervalTree<Int>()
+        let old = tree.insert(IOVARange(first: 0, last: 1)!, 1)
+        tree.remove(old)
+        let new = tree.insert(IOVARange(first: 0, last: 1)!, 2)
+        #expect(tree[old] == nil)
+        #expect(tree.remove(old) == nil)
+        #expect(tree[new]?.value == 2)
+    }
+
+    @Test func detachingTheLastGroupDropsEveryMappingAsVFIODoes() throws {
+        var state = Fixture.state(attached: [Fixture.plain, Fixture.wide])
+        try map(0x1000, into: &state)
+        #expect(state.detach(group: Fixture.wide).isEmpty)
+        #expect(state.mappingCount == 1)
+        #expect(state.detach(group: Fixture.plain).map(\.range) == [IOVARange(start: 0x1000, size: 0x1000)!])
+        #expect(state.mappingCount == 0)
+        #expect(state.mappedBytes == 0)
+    }
+
+    @Test func groupsWithNoPageSizeInCommonCannotBeAttachedTogether() throws {
+        var db = PlatformDatabase()
+        db.addGroup(IOMMUGroup(id: 0, aperture: .all, apertureSource: "t", pageSizes: 0x1000))
+        db.addGroup(IOMMUGroup(id: 1, aperture: .all, apertureSource: "t", pageSizes: 0x20_0000))
+        var state = TenantState()
+        state.commit(try PolicyEngine.decideAttach(group: 0, platform: db, tenant: tenant, state: state).get())
+        let denial = PolicyEngine.decideAttach(group: 1, platform: db, tenant: tenant, state: state).denial
+        #expect(denial?.code == .pageSizesDisjoint)
+        #expect(denial?.errno == .EINVAL)
+    }
+}
