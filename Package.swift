@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "IOMMUCore", targets: ["IOMMUCore"]),
         .library(name: "PlatformDiscovery", targets: ["PlatformDiscovery"]),
         .library(name: "IOMMUBackends", targets: ["IOMMUBackends"]),
+        .library(name: "VFIOUserWire", targets: ["VFIOUserWire"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -30,6 +31,8 @@ let package = Package(
         ),
         // The backend protocol and the simulated IOMMU.
         .target(name: "IOMMUBackends", dependencies: ["IOMMUCore"]),
+        // The vfio-user frame codec and message structs: strict decoding, no sockets. Standard library only.
+        .target(name: "VFIOUserWire"),
         .executableTarget(
             name: "iommu-policyctl",
             dependencies: [
@@ -58,6 +61,7 @@ let package = Package(
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ]
         ),
+        .testTarget(name: "VFIOUserWireTests", dependencies: ["VFIOUserWire"]),
         .testTarget(
             name: "PolicyCtlTests",
             dependencies: ["iommu-policyctl"]
