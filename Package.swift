@@ -30,6 +30,13 @@ let package = Package(
         ),
         // The backend protocol and the simulated IOMMU.
         .target(name: "IOMMUBackends", dependencies: ["IOMMUCore"]),
+        // The Linux calls Swift cannot make directly: cmsg macros, _GNU_SOURCE declarations.
+        .target(name: "CLinuxShim"),
+        // The thin Swift edge over Unix stream sockets, fd passing, memfds.
+        .target(
+            name: "UnixSockets",
+            dependencies: ["CLinuxShim", .product(name: "SystemPackage", package: "swift-system")]
+        ),
         .executableTarget(
             name: "iommu-policyctl",
             dependencies: [
@@ -57,6 +64,10 @@ let package = Package(
                 "IOMMUCore",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ]
+        ),
+        .testTarget(
+            name: "UnixSocketsTests",
+            dependencies: ["UnixSockets", .product(name: "SystemPackage", package: "swift-system")]
         ),
         .testTarget(
             name: "PolicyCtlTests",
