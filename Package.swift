@@ -33,6 +33,13 @@ let package = Package(
         .target(name: "IOMMUBackends", dependencies: ["IOMMUCore"]),
         // The vfio-user frame codec and message structs: strict decoding, no sockets. Standard library only.
         .target(name: "VFIOUserWire"),
+        // The Linux calls Swift cannot make directly: cmsg macros, _GNU_SOURCE declarations.
+        .target(name: "CLinuxShim"),
+        // The thin Swift edge over Unix stream sockets, fd passing, memfds.
+        .target(
+            name: "UnixSockets",
+            dependencies: ["CLinuxShim", .product(name: "SystemPackage", package: "swift-system")]
+        ),
         .executableTarget(
             name: "iommu-policyctl",
             dependencies: [
@@ -62,6 +69,10 @@ let package = Package(
             ]
         ),
         .testTarget(name: "VFIOUserWireTests", dependencies: ["VFIOUserWire"]),
+        .testTarget(
+            name: "UnixSocketsTests",
+            dependencies: ["UnixSockets", .product(name: "SystemPackage", package: "swift-system")]
+        ),
         .testTarget(
             name: "PolicyCtlTests",
             dependencies: ["iommu-policyctl"]
