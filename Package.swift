@@ -6,6 +6,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "iommu-policyctl", targets: ["iommu-policyctl"]),
+        .executable(name: "iommu-policyd", targets: ["iommu-policyd"]),
+        .library(name: "PolicyClient", targets: ["PolicyClient"]),
         .library(name: "IOMMUCore", targets: ["IOMMUCore"]),
         .library(name: "PlatformDiscovery", targets: ["PlatformDiscovery"]),
         .library(name: "IOMMUBackends", targets: ["IOMMUBackends"]),
@@ -16,6 +18,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // The pure core: ranges, interval trees, regions, the policy engine. Standard library only.
@@ -40,12 +44,41 @@ let package = Package(
             name: "UnixSockets",
             dependencies: ["CLinuxShim", .product(name: "SystemPackage", package: "swift-system")]
         ),
+        // Sessions, the tenant server and the services the daemon runs.
+        .target(
+            name: "PolicyDaemon",
+            dependencies: [
+                "IOMMUCore", "PlatformDiscovery", "IOMMUBackends", "VFIOUserWire", "UnixSockets",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The tenant-side client library.
+        .target(name: "PolicyClient", dependencies: ["VFIOUserWire", "UnixSockets"]),
+        // Command-line options shared by the two executables.
+        .target(
+            name: "PolicyCommandLine",
+            dependencies: ["PlatformDiscovery", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .executableTarget(
+            name: "iommu-policyd",
+            dependencies: [
+                "PolicyDaemon", "PolicyCommandLine", "IOMMUBackends", "PlatformDiscovery", "UnixSockets",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .executableTarget(
             name: "iommu-policyctl",
             dependencies: [
                 "IOMMUCore",
                 "PlatformDiscovery",
+                "PolicyCommandLine",
+                "PolicyClient",
+                "UnixSockets",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
         .testTarget(
@@ -76,6 +109,11 @@ let package = Package(
         .testTarget(
             name: "PolicyCtlTests",
             dependencies: ["iommu-policyctl"]
+        ),
+        // Drive the real daemon binary over real sockets.
+        .testTarget(
+            name: "PolicyDaemonTests",
+            dependencies: ["iommu-policyd", "iommu-policyctl", "PolicyClient", "UnixSockets", "VFIOUserWire"]
         ),
     ],
     swiftLanguageModes: [.v6]

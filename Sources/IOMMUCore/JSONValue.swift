@@ -103,3 +103,38 @@ public enum DecisionReport {
         ])
     }
 }
+
+/// What a tenant attached to `groups` may map, as QUERY_RANGES reports it:
+/// `{"aperture":[first,last],"pgsizes":n,"usable":[[first,last],…],"reserved":[{kind,first,last,source},…]}`.
+/// With no group, `aperture` is null and the lists are empty.
+public enum RangesReport {
+    public static func json(groups: [UInt32], database: PlatformDatabase, relaxable: RelaxablePolicy) -> JSONValue {
+        let known = groups.compactMap { database.groups[$0] }
+        guard !known.isEmpty, known.count == groups.count else {
+            return .object([
+                ("aperture", .null), ("pgsizes", .uint(0)), ("usable", .array([])), ("reserved", .array([])),
+            ])
+        }
+        let aperture = known.dropFirst().reduce(Optional(known[0].aperture)) { $0?.intersection($1.aperture) }
+        let pageSizes = known.reduce(UInt64.max) { $0 & $1.pageSizes }
+        var seen = Set<ReservedRegion>()
+        var reserved: [JSONValue] = []
+        for group in groups {
+            for region in database.regions(group: group) ?? [] {
+                // One entry per distinct region; the group field is left out, as the view is the session's.
+                var shared = region
+                shared.group = nil
+                if seen.insert(shared).inserted {
+                    reserved.append(Conflict(region).json)
+                }
+            }
+        }
+        let usable = database.usableRanges(groups: groups, relaxable: relaxable)
+        return .object([
+            ("aperture", aperture.map { .array([.uint($0.first), .uint($0.last)]) } ?? .null),
+            ("pgsizes", .uint(pageSizes)),
+            ("usable", .array(usable.map { .array([.uint($0.first), .uint($0.last)]) })),
+            ("reserved", .array(reserved)),
+        ])
+    }
+}

@@ -80,8 +80,7 @@ public enum PolicyEngine {
             guard request.iova == 0, request.size == 0 else {
                 return .failure(Denial(.unmapAllWithRange, .EINVAL, "UNMAP_ALL requires iova and size 0"))
             }
-            let entries = state.mappings.entries
-            return .success(UnmapPlan(entries: entries, bytes: state.mappedBytes))
+            return .success(UnmapPlan(entries: state.mappings.entries))
         }
         guard request.size != 0 else {
             return .failure(Denial(.zeroSize, .EINVAL, "size is 0"))
@@ -108,9 +107,7 @@ public enum PolicyEngine {
                     .partialUnmap, .EINVAL, "\(range) cuts through mapping \(cut.range)", conflict: .mapping(cut.range))
             )
         }
-        // The mappings are disjoint and lie inside `range`, so their sum cannot exceed its size.
-        let bytes = entries.reduce(UInt64(0)) { $0 + $1.range.sizeMinusOne + 1 }
-        return .success(UnmapPlan(entries: entries, bytes: bytes))
+        return .success(UnmapPlan(entries: entries))
     }
 
     /// Whether the tenant may attach `group` to its session.

@@ -46,6 +46,12 @@ public struct MapPlan: Hashable, Sendable {
 public struct UnmapPlan: Sendable {
     public let entries: [IntervalTree<Mapping>.Entry]
     public let bytes: UInt64
+
+    /// A plan for these entries (disjoint mappings, so their sizes cannot overflow the sum).
+    public init(entries: [IntervalTree<Mapping>.Entry]) {
+        self.entries = entries
+        self.bytes = entries.reduce(0) { $0 + $1.range.sizeMinusOne + 1 }
+    }
 }
 
 public struct AttachPlan: Hashable, Sendable {

@@ -23,18 +23,29 @@ public struct TenantPolicy: Hashable, Sendable {
     /// Mapped bytes per session.
     public var maxBytes: UInt64
     public var relaxable: RelaxablePolicy
+    /// Concurrent sessions this tenant's uid may hold.
+    public var maxSessions: Int
     /// Which rule granted this policy, for audit and diagnostics.
     public var origin: String
 
     public init(
         groups: GroupPermission = .any, maxMappings: Int = Self.defaultMaxMappings,
-        maxBytes: UInt64 = Self.defaultMaxBytes, relaxable: RelaxablePolicy = .deny, origin: String = "defaults"
+        maxBytes: UInt64 = Self.defaultMaxBytes, relaxable: RelaxablePolicy = .deny, maxSessions: Int = 16,
+        origin: String = "defaults"
     ) {
         self.groups = groups
         self.maxMappings = maxMappings
         self.maxBytes = maxBytes
         self.relaxable = relaxable
+        self.maxSessions = maxSessions
         self.origin = origin
+    }
+
+    /// The one group of `platform` this tenant may attach, if there is exactly one: the daemon
+    /// attaches it implicitly at the first DMA_MAP, so clients that know nothing of ATTACH_GROUP work.
+    public func soleGroup(in platform: PlatformDatabase) -> UInt32? {
+        let candidates = platform.groupIDs.filter { groups.permits($0) }
+        return candidates.count == 1 ? candidates[0] : nil
     }
 }
 

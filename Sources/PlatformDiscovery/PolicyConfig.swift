@@ -11,6 +11,15 @@ public struct PolicyConfig: Sendable, Hashable {
         public var maxMappings = TenantPolicy.defaultMaxMappings
         public var maxBytes = TenantPolicy.defaultMaxBytes
         public var relaxable = RelaxablePolicy.deny
+        /// Concurrent tenant connections per uid.
+        public var maxSessions = 16
+        /// Seconds a new connection has to complete VERSION; 0 waits forever.
+        public var handshakeTimeout = 10.0
+        /// Seconds a negotiated session may stay silent; 0 (the default) waits forever, since a
+        /// VMM's connection lives as long as its VM and may be quiet for hours.
+        public var idleTimeout = 0.0
+        /// Seconds the rest of a message may take once its first byte has arrived; 0 waits forever.
+        public var messageTimeout = 5.0
         public init() {}
     }
 
@@ -31,6 +40,7 @@ public struct PolicyConfig: Sendable, Hashable {
         public var maxMappings: Int?
         public var maxBytes: UInt64?
         public var relaxable: RelaxablePolicy?
+        public var maxSessions: Int?
         public var line: Int
 
         func matches(uid: UInt32, gid: UInt32) -> Bool {
@@ -58,7 +68,7 @@ public struct PolicyConfig: Sendable, Hashable {
             guard uid == 0 || uid == daemonUID else { return nil }
             return TenantPolicy(
                 groups: .any, maxMappings: defaults.maxMappings, maxBytes: defaults.maxBytes,
-                relaxable: defaults.relaxable, origin: "default tenant uid \(uid)")
+                relaxable: defaults.relaxable, maxSessions: defaults.maxSessions, origin: "default tenant uid \(uid)")
         }
         guard let rule = tenants.first(where: { $0.matches(uid: uid, gid: gid) }) else { return nil }
         return TenantPolicy(
@@ -66,6 +76,7 @@ public struct PolicyConfig: Sendable, Hashable {
             maxMappings: rule.maxMappings ?? defaults.maxMappings,
             maxBytes: rule.maxBytes ?? defaults.maxBytes,
             relaxable: rule.relaxable ?? defaults.relaxable,
+            maxSessions: rule.maxSessions ?? defaults.maxSessions,
             origin: "\(path):\(rule.line)")
     }
 
@@ -97,9 +108,14 @@ public struct ConfigError: Error, Sendable, Hashable, CustomStringConvertible {
 }
 
 extension PolicyConfig {
-    static let defaultsKeys: Set<String> = ["max_mappings", "max_bytes", "relaxable"]
+    static let defaultsKeys: Set<String> = [
+        "max_mappings", "max_bytes", "relaxable", "max_sessions", "handshake_timeout", "idle_timeout",
+        "message_timeout",
+    ]
     static let reservedKeys: Set<String> = ["first", "last", "kind", "groups", "comment"]
-    static let tenantKeys: Set<String> = ["uid", "gid", "groups", "max_mappings", "max_bytes", "relaxable"]
+    static let tenantKeys: Set<String> = [
+        "uid", "gid", "groups", "max_mappings", "max_bytes", "relaxable", "max_sessions",
+    ]
 
     /// Parses and validates the whole file; collects every error rather than stopping at the first.
     public static func parse(_ text: String, path: String) -> Result<PolicyConfig, ConfigError> {
@@ -215,6 +231,10 @@ private struct ConfigReader {
         if let value = readCount(table, "max_mappings", line: line) { defaults.maxMappings = value }
         if let value = readBytes(table, "max_bytes", line: line) { defaults.maxBytes = value }
         if let value = readRelaxable(table, line: line) { defaults.relaxable = value }
+        if let value = readCount(table, "max_sessions", line: line) { defaults.maxSessions = value }
+        if let value = readSeconds(table, "handshake_timeout", line: line) { defaults.handshakeTimeout = value }
+        if let value = readSeconds(table, "idle_timeout", line: line) { defaults.idleTimeout = value }
+        if let value = readSeconds(table, "message_timeout", line: line) { defaults.messageTimeout = value }
         return defaults
     }
 
@@ -288,6 +308,14 @@ private struct ConfigReader {
         guard let value = table[key] else { return nil }
         if let int = value.int, int >= 0, int <= Int(Int32.max) { return int }
         error(lines.line(of: key, after: line), "\(key) must be an integer from 0 to \(Int32.max)")
+        return nil
+    }
+
+    mutating func readSeconds(_ table: TOMLTable, _ key: String, line: Int) -> Double? {
+        guard let value = table[key] else { return nil }
+        if let int = value.int, int >= 0 { return Double(int) }
+        if let double = value.double, double >= 0, double.isFinite { return double }
+        error(lines.line(of: key, after: line), "\(key) must be a non-negative number of seconds")
         return nil
     }
 

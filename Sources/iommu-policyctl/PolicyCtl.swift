@@ -1,6 +1,10 @@
 import ArgumentParser
 import IOMMUCore
 import PlatformDiscovery
+import PolicyClient
+import PolicyCommandLine
+import SystemPackage
+import UnixSockets
 
 #if canImport(Glibc)
     import Glibc
@@ -13,8 +17,10 @@ struct PolicyCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "iommu-policyctl",
         abstract: "Inspect reserved IOVA regions and check DMA mappings against iommu-policyd's policy.",
-        subcommands: [Regions.self, Ranges.self, Check.self]
+        subcommands: [Regions.self, Ranges.self, Check.self, Map.self, Explain.self]
     )
+
+    @OptionGroup var tenant: TenantSocketOptions
 
     static func main() {
         do {
@@ -56,40 +62,13 @@ struct Number: ExpressibleByArgument {
     static var defaultValueDescription: String { "a number, 0x-prefixed hex or decimal" }
 }
 
-struct PlatformOptions: ParsableArguments {
-    @Option(name: .customLong("sysfs-root"), help: "Discover the platform below this root (default: /).")
-    var sysfsRoot: String?
-
-    @Option(help: "Use a built-in platform profile instead of discovery: x86-intel, x86-amd, arm64-smmuv3.")
-    var profile: String?
-
-    @Option(name: .customLong("aperture-bits"), help: "The profile's aperture width (x86-intel: 39 or 48).")
-    var apertureBits: Int?
-
-    @Option(name: .customLong("profile-groups"), help: "How many IOMMU groups the profile has, numbered from 0.")
-    var profileGroups: Int = 1
-
-    @Option(help: "The policy file (TOML) whose reserved regions and defaults apply.")
-    var config: String?
-
-    mutating func validate() throws {
-        if sysfsRoot != nil && profile != nil {
-            throw ValidationError("--sysfs-root and --profile exclude each other")
-        }
-        if profile == nil && (apertureBits != nil || profileGroups != 1) {
-            throw ValidationError("--aperture-bits and --profile-groups need --profile")
-        }
-    }
-
+extension PlatformOptions {
     func load() throws -> LoadedPlatform {
         let source: PlatformSource
-        if let profile {
-            guard let known = PlatformProfile(rawValue: profile) else {
-                throw UsageError(ProfileError.unknown(profile).description)
-            }
-            source = .profile(known, .init(groups: profileGroups, apertureBits: apertureBits))
-        } else {
-            source = .sysfs(root: sysfsRoot ?? "/")
+        do {
+            source = try self.source(fallback: .sysfs(root: "/"))
+        } catch {
+            throw UsageError(error.description)
         }
         switch PlatformLoader.load(source, configPath: config) {
         case .success(let loaded):
@@ -145,6 +124,7 @@ extension PolicyCtl {
         static let configuration = CommandConfiguration(
             abstract: "List the IOVA ranges a tenant attached to the given groups may map.")
 
+        @OptionGroup var tenant: TenantSocketOptions
         @OptionGroup var platform: PlatformOptions
         @Option(help: "An attached group; repeat for several (the usable ranges are the intersection).")
         var group: [UInt32] = []
@@ -152,9 +132,25 @@ extension PolicyCtl {
 
         func validate() throws {
             if group.isEmpty { throw ValidationError("at least one --group is required") }
+            if tenant.socket != nil && (platform.profile != nil || platform.sysfsRoot != nil || platform.config != nil)
+            {
+                throw ValidationError("--socket asks the daemon; it excludes --profile, --sysfs-root and --config")
+            }
         }
 
         func run() throws {
+            if let socket = tenant.socket {
+                let client = try connect(socket, json: json)
+                let reply = try attached(client, group) { try client.ranges() }
+                if json {
+                    print(reply.json)
+                } else {
+                    printTable(
+                        header: ["FIRST", "LAST"],
+                        rows: reply.usable.map { [Hex($0.first).description, Hex($0.last).description] })
+                }
+                return
+            }
             let loaded = try platform.load()
             try requireGroups(group, in: loaded.database)
             let relaxable = loaded.config.defaults.relaxable
@@ -268,5 +264,144 @@ func printTable(header: [String], rows: [[String]]) {
             index == row.count - 1 ? cell : cell + String(repeating: " ", count: widths[index] - cell.count)
         }
         print(cells.joined(separator: "  "))
+    }
+}
+
+/// `--socket PATH`: talk to a running daemon as a tenant instead of deciding offline. It may
+/// stand before the subcommand (`iommu-policyctl --socket PATH ranges --group 0`) or after it.
+struct TenantSocketOptions: ParsableArguments {
+    @Option(help: "The daemon's tenant socket; the command then asks the running daemon as a tenant.")
+    var socket: String?
+}
+
+/// Connects and negotiates; a daemon that refuses this uid is a denial (exit 1), a daemon that
+/// cannot be reached is an error (exit 2).
+func connect(_ path: String, json: Bool = false) throws -> PolicyClient {
+    do {
+        return try PolicyClient(path: path)
+    } catch let error as PolicyError {
+        reportDenial(error, json: json)
+        throw ExitCode(1)
+    } catch {
+        throw UsageError("\(error)")
+    }
+}
+
+/// Attaches `groups` (none: the daemon attaches a tenant's only group itself), then runs `body`.
+/// A refused attach prints the refusal and exits 1, like any other denial.
+func attached<T>(_ client: PolicyClient, _ groups: [UInt32], json: Bool = false, _ body: () throws -> T) throws -> T {
+    do {
+        for group in groups { try client.attach(group: group) }
+        return try body()
+    } catch let error as PolicyError {
+        reportDenial(error, json: json)
+        throw ExitCode(1)
+    } catch let error as PolicyClientFailure {
+        throw UsageError(error.description)
+    }
+}
+
+func reportDenial(_ error: PolicyError, json: Bool) {
+    if json {
+        let conflict: JSONValue =
+            error.conflict.map {
+                .object([
+                    ("kind", .string($0.kind)), ("first", .uint($0.first)), ("last", .uint($0.last)),
+                    ("source", .string($0.source)),
+                ])
+            } ?? .null
+        print(
+            JSONValue.object([
+                ("decision", .string("deny")), ("errno", .int(Int64(error.errno))),
+                ("reason", .string(error.reason ?? error.description)), ("conflict", conflict),
+            ]).rendered)
+    } else {
+        print("deny: \(error)")
+    }
+}
+
+/// The map request options shared by `map` and `explain`.
+struct MapRequestOptions: ParsableArguments {
+    @Option(help: "A group to attach first; repeat for several. None: the daemon attaches a tenant's only group.")
+    var group: [UInt32] = []
+    @Option(help: "The IOVA.") var iova: Number
+    @Option(help: "The size in bytes.") var size: Number
+    @Option(help: "Access: r, w or rw, or the raw VFIO flag bits as a number.") var flags: String = "rw"
+
+    func flagBits() throws -> UInt32 {
+        switch flags {
+        case "r": return DMAProtection.read.rawValue
+        case "w": return DMAProtection.write.rawValue
+        case "rw", "wr": return DMAProtection.readWrite.rawValue
+        default:
+            guard let raw = NumberParser.uint64(flags), let value = UInt32(exactly: raw) else {
+                throw UsageError("--flags must be r, w, rw or a number, not \"\(flags)\"")
+            }
+            return value
+        }
+    }
+}
+
+extension PolicyCtl {
+    struct Map: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Map through a running daemon, as a tenant. Exit 0 mapped, 1 denied, 2 bad usage.",
+            discussion: "The mapping lives as long as the session: until --hold runs out, then it is released.")
+
+        @OptionGroup var tenant: TenantSocketOptions
+        @OptionGroup var request: MapRequestOptions
+        @Flag(help: "Back the mapping with a memfd of the mapping's size, passed to the daemon.") var memfd = false
+        @Option(help: "Seconds to keep the session (and so the mapping) open after it is made.") var hold: Double = 0
+        @Flag(help: "Print JSON.") var json = false
+
+        func validate() throws {
+            if tenant.socket == nil { throw ValidationError("map needs --socket") }
+        }
+
+        func run() throws {
+            let flags = try request.flagBits()
+            let client = try connect(tenant.socket!, json: json)
+            var backing: FileDescriptor?
+            if memfd {
+                do {
+                    backing = try Memfd.create(name: "iommu-policyctl", size: request.size.value)
+                } catch {
+                    throw UsageError("memfd of \(request.size.value) bytes: \(error)")
+                }
+            }
+            defer { try? backing?.close() }
+            try attached(client, request.group, json: json) {
+                try client.map(iova: request.iova.value, size: request.size.value, flags: flags, memory: backing)
+            }
+            print(json ? DecisionReport.json(nil).rendered : "mapped")
+            if hold > 0 { usleep(useconds_t(min(hold, 3600) * 1_000_000)) }
+        }
+    }
+
+    struct Explain: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Ask a running daemon how it would decide a map; changes nothing. Exit 0 allowed, 1 denied.")
+
+        @OptionGroup var tenant: TenantSocketOptions
+        @OptionGroup var request: MapRequestOptions
+        @Flag(help: "Print JSON: decision, errno, reason, conflict.") var json = false
+
+        func validate() throws {
+            if tenant.socket == nil { throw ValidationError("explain needs --socket") }
+        }
+
+        func run() throws {
+            let flags = try request.flagBits()
+            let client = try connect(tenant.socket!, json: json)
+            let explanation = try attached(client, request.group, json: json) {
+                try client.explain(iova: request.iova.value, size: request.size.value, flags: flags)
+            }
+            if json {
+                print(explanation.json)
+            } else {
+                print(explanation.allowed ? "allow" : "deny: errno \(explanation.errno): \(explanation.reason)")
+            }
+            if !explanation.allowed { throw ExitCode(1) }
+        }
     }
 }

@@ -1,0 +1,578 @@
+import Foundation
+import IOMMUBackends
+import IOMMUCore
+import Logging
+import SystemPackage
+import UnixSockets
+import VFIOUserWire
+
+/// What sessions share: the policy, group ownership, the live-session table and the backend.
+struct SessionEnvironment: Sendable {
+    var store: PolicyStore
+    var groups: GroupRegistry
+    var sessions: SessionTable
+    var backend: any IOMMUBackend
+    var audit: Audit
+    var daemonUID: UInt32
+    var limits: ProtocolLimits
+}
+
+/// Fixed properties of the tenant protocol as this daemon speaks it.
+public struct ProtocolLimits: Sendable {
+    /// vfio-user major 0, minor 1, as QEMU and libvfio-user speak it.
+    public static let major: UInt16 = 0
+    public static let minor: UInt16 = 1
+    /// The largest message a client may send, header included. Our requests are at most a
+    /// VERSION with its capabilities JSON.
+    public var maximumMessageSize = 4096
+    /// Advertised as `max_data_xfer_size`; no data-transfer command is served.
+    public var maximumDataTransfer = 4096
+    /// A send to a client that does not read gives up after this long and ends the session.
+    public var sendTimeoutMilliseconds: Int32 = 5000
+
+    public init() {}
+}
+
+/// One tenant connection, served on its own thread so that a slow, stuck or hostile client
+/// never delays another. Requests are handled one at a time, in order; each either completes
+/// or leaves the session's state as it was. Confined to its thread: nothing else touches it.
+final class Session: @unchecked Sendable {
+    let id: SessionID
+    let socket: UnixSocket
+    let credentials: PeerCredentials
+    /// nil when the peer is not a tenant: its first message is answered EPERM and it is closed.
+    let tenant: TenantPolicy?
+    let refusal: String?
+    let env: SessionEnvironment
+    let logger: Logger
+    private var state = TenantState()
+    private var context: BackendContextID?
+    private var negotiated = false
+    private var errorDetail = false
+    /// The memfds behind mappings, by the handle in each mapping's MemoryReference.
+    private var memory: [UInt64: FileDescriptor] = [:]
+    private var nextMemoryHandle: UInt64 = 1
+    private var reply: [UInt8] = []
+
+    init(
+        id: SessionID, socket: UnixSocket, credentials: PeerCredentials, tenant: TenantPolicy?, refusal: String?,
+        env: SessionEnvironment
+    ) {
+        self.id = id
+        self.socket = socket
+        self.credentials = credentials
+        self.tenant = tenant
+        self.refusal = refusal
+        self.env = env
+        var logger = env.audit.logger
+        logger[metadataKey: AuditKey.session] = .string(id.description)
+        logger[metadataKey: AuditKey.uid] = .string(String(credentials.uid))
+        logger[metadataKey: AuditKey.gid] = .string(String(credentials.gid))
+        logger[metadataKey: AuditKey.pid] = .string(String(credentials.pid))
+        self.logger = logger
+        reply.reserveCapacity(256)
+    }
+
+    private var audit: Audit { Audit(logger: logger) }
+
+    // MARK: The receive loop
+
+    /// Serves the connection until the peer closes it, breaks the framing, times out, or the
+    /// daemon shuts down; then releases everything the session held.
+    func run() {
+        defer { finish() }
+        let snapshot = env.store.current
+        let defaults = snapshot.config.defaults
+        let handshakeDeadline = deadline(after: defaults.handshakeTimeout)
+        var reader = FrameReader(maximumMessageSize: env.limits.maximumMessageSize)
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        // Fds arrive with the first byte of the sendmsg that carried them; each batch is given
+        // to the first frame that starts at or after the stream offset where it arrived.
+        var pendingFDs: [(offset: UInt64, fds: [FileDescriptor])] = []
+        var received: UInt64 = 0
+        var consumed: UInt64 = 0
+        var tooManyFDs = false
+        defer {
+            for batch in pendingFDs {
+                for fd in batch.fds { try? fd.close() }
+            }
+        }
+        try? socket.setSendTimeout(milliseconds: Int(env.limits.sendTimeoutMilliseconds))
+
+        while true {
+            let timeout: Double?
+            if reader.bufferedByteCount > 0 {
+                timeout = defaults.messageTimeout > 0 ? defaults.messageTimeout : nil
+            } else if !negotiated {
+                timeout = handshakeDeadline.map { max(0, $0 - now()) }
+            } else {
+                timeout = defaults.idleTimeout > 0 ? defaults.idleTimeout : nil
+            }
+            do {
+                if let timeout {
+                    let milliseconds = Int32(clamping: Int((timeout * 1000).rounded(.up)))
+                    guard try socket.waitReadable(timeoutMilliseconds: milliseconds) else {
+                        let what =
+                            reader.bufferedByteCount > 0
+                            ? "the rest of a message" : negotiated ? "a request" : "VERSION"
+                        audit.record(.protocolError, "timed out waiting for \(what); closing", level: .notice)
+                        return
+                    }
+                }
+                let result = try buffer.withUnsafeMutableBytes { try socket.receive(into: $0, maxFDs: 4) }
+                if result.count == 0 {
+                    for fd in result.fds { try? fd.close() }
+                    if reader.bufferedByteCount > 0 {
+                        audit.record(.protocolError, "peer disconnected in the middle of a message", level: .notice)
+                    }
+                    return
+                }
+                if result.truncated { tooManyFDs = true }
+                if !result.fds.isEmpty { pendingFDs.append((received, result.fds)) }
+                received += UInt64(result.count)
+                buffer.withUnsafeBytes { reader.append(UnsafeRawBufferPointer(rebasing: $0[..<result.count])) }
+            } catch {
+                audit.record(.protocolError, "connection error: \(error)", level: .notice)
+                return
+            }
+
+            while let next = reader.nextFrame() {
+                switch next {
+                case .failure(let error):
+                    // The stream cannot be resynchronised: answer and close.
+                    fail(error.header, errno: error.errno, reason: "\(error.reason); closing", event: .protocolError)
+                    try? socket.sendAll(reply)
+                    return
+                case .success(let frame):
+                    let start = consumed
+                    consumed += UInt64(frame.header.messageSize)
+                    var fds: [FileDescriptor] = []
+                    while let batch = pendingFDs.first, batch.offset <= start {
+                        fds += batch.fds
+                        pendingFDs.removeFirst()
+                    }
+                    let truncated = tooManyFDs
+                    tooManyFDs = false
+                    let keepGoing = serve(frame, fds: fds, fdsTruncated: truncated)
+                    if !keepGoing { return }
+                }
+            }
+        }
+    }
+
+    /// Answers one frame; false ends the session.
+    private func serve(_ frame: Frame, fds: [FileDescriptor], fdsTruncated: Bool) -> Bool {
+        reply.removeAll(keepingCapacity: true)
+        let outcome = answer(frame, fds: fds, fdsTruncated: fdsTruncated)
+        // Fds the request did not take are closed before the reply goes out, so a client that
+        // sees the reply sees its fds gone too.
+        if !outcome.tookFD {
+            for fd in fds { try? fd.close() }
+        }
+        return flush() && outcome.keepGoing
+    }
+
+    /// Decides one frame and builds its reply in `reply`.
+    private func answer(
+        _ frame: Frame, fds: [FileDescriptor], fdsTruncated: Bool
+    ) -> (keepGoing: Bool, tookFD: Bool) {
+        if let refusal {
+            // Honour a VERSION's request for error detail, so the refusal says why.
+            if case .success(.version(let payload)) = RequestDecoder.decode(
+                header: frame.header, payload: frame.payload, fdCount: fds.count),
+                case .success(let capabilities) = ClientCapabilities.parse(payload.json)
+            {
+                errorDetail = capabilities.errorDetail
+            }
+            fail(frame.header, errno: WireErrno.EPERM, reason: refusal, event: .sessionRefused)
+            return (false, false)
+        }
+        if fdsTruncated {
+            fail(
+                frame.header, errno: WireErrno.EINVAL, reason: "more fds than a message may carry",
+                event: .protocolError)
+            return (true, false)
+        }
+        let request: Request
+        switch RequestDecoder.decode(header: frame.header, payload: frame.payload, fdCount: fds.count) {
+        case .failure(let error):
+            fail(frame.header, errno: error.errno, reason: error.reason, event: .protocolError)
+            return (true, false)
+        case .success(let decoded):
+            request = decoded
+        }
+        guard negotiated || isVersion(request) else {
+            fail(
+                frame.header, errno: WireErrno.EINVAL, reason: "the first message must be VERSION",
+                event: .protocolError)
+            return (true, false)
+        }
+        switch request {
+        case .version(let payload):
+            negotiate(frame.header, payload)
+        case .dmaMap(let payload):
+            // The fd, if any, now belongs to the mapping, or `map` has closed it.
+            map(frame.header, payload, fd: fds.first)
+            return (true, true)
+        case .dmaUnmap(let payload):
+            unmap(frame.header, payload)
+        case .deviceGetInfo:
+            // Answered as a device with no regions and no interrupts, so that clients which ask
+            // before mapping can go on.
+            DeviceInfoPayload(argsz: UInt32(DeviceInfoPayload.size), flags: 0, numRegions: 0, numIRQs: 0)
+                .encodeReply(to: frame.header, into: &reply)
+        case .attachGroup(let payload):
+            attach(frame.header, group: payload.group)
+        case .queryRanges:
+            queryRanges(frame.header)
+        case .explain(let payload):
+            explain(frame.header, payload)
+        }
+        return (true, false)
+    }
+
+    private func isVersion(_ request: Request) -> Bool {
+        if case .version = request { return true }
+        return false
+    }
+
+    /// Sends the reply built in `reply` (empty when none is due); false when the peer is gone.
+    @discardableResult
+    private func flush() -> Bool {
+        guard !reply.isEmpty else { return true }
+        do {
+            try socket.sendAll(reply)
+            return true
+        } catch {
+            audit.record(.protocolError, "cannot send a reply: \(error); closing", level: .notice)
+            return false
+        }
+    }
+
+    // MARK: Requests
+
+    private func negotiate(_ header: MessageHeader, _ payload: VersionPayload) {
+        guard !negotiated else {
+            fail(header, errno: WireErrno.EINVAL, reason: "VERSION was already negotiated", event: .protocolError)
+            return
+        }
+        guard payload.major == ProtocolLimits.major else {
+            fail(
+                header, errno: WireErrno.EINVAL,
+                reason: "unsupported major version \(payload.major) (this server speaks \(ProtocolLimits.major))",
+                event: .protocolError)
+            return
+        }
+        let capabilities: ClientCapabilities
+        switch ClientCapabilities.parse(payload.json) {
+        case .success(let parsed): capabilities = parsed
+        case .failure(let error):
+            fail(header, errno: WireErrno.EINVAL, reason: error.reason, event: .protocolError)
+            return
+        }
+        errorDetail = capabilities.errorDetail
+        negotiated = true
+        guard let tenant else { return }
+        let snapshot = env.store.current
+        let offer = ServerCapabilities(
+            maxDMAMaps: tenant.maxMappings, pageSizes: pageSizes(snapshot.database, tenant),
+            maxDataTransfer: env.limits.maximumDataTransfer, errorDetail: capabilities.errorDetail)
+        let reply = VersionPayload(
+            major: ProtocolLimits.major, minor: min(payload.minor, ProtocolLimits.minor), json: Array(offer.json.utf8))
+        var bytes: [UInt8] = []
+        reply.encode(into: &bytes)
+        ReplyEncoder.success(to: header, payload: bytes, into: &self.reply)
+        audit.record(
+            .versionNegotiated, "negotiated vfio-user \(reply.major).\(reply.minor)", level: .debug,
+            metadata: ["vfio_user.error_detail": .stringConvertible(capabilities.errorDetail)])
+    }
+
+    /// The page sizes the tenant's groups all support, for VERSION's `pgsizes`.
+    private func pageSizes(_ database: PlatformDatabase, _ tenant: TenantPolicy) -> UInt64 {
+        let groups = database.groupIDs.filter { tenant.groups.permits($0) }
+        let common = groups.reduce(UInt64.max) { $0 & (database.groups[$1]?.pageSizes ?? PageSizes.x86) }
+        return groups.isEmpty || common == 0 ? 4096 : common
+    }
+
+    private func attach(_ header: MessageHeader, group: UInt32) {
+        guard let tenant else { return }
+        if let denial = attachGroup(group, tenant: tenant, snapshot: env.store.current) {
+            fail(header, denial: denial, event: .attachDenied, metadata: [AuditKey.group: "\(group)"])
+            return
+        }
+        succeed(header)
+    }
+
+    /// Attaches `group`: policy, then ownership, then the backend; all or nothing.
+    private func attachGroup(_ group: UInt32, tenant: TenantPolicy, snapshot: PolicySnapshot) -> Denial? {
+        let plan: AttachPlan
+        switch PolicyEngine.decideAttach(group: group, platform: snapshot.database, tenant: tenant, state: state) {
+        case .failure(let denial): return denial
+        case .success(let decided): plan = decided
+        }
+        if let holder = env.groups.claim(group, for: id) {
+            return Denial(.groupBusy, .EBUSY, "group \(group) is held by another session (\(holder))")
+        }
+        do throws(BackendError) {
+            let context: BackendContextID
+            if let existing = self.context {
+                context = existing
+            } else {
+                context = try env.backend.createContext()
+                self.context = context
+            }
+            _ = try env.backend.attach(group: group, to: context)
+        } catch {
+            env.groups.release(group, from: id)
+            return Denial(.backendFailure, error.errno, "\(error)")
+        }
+        state.commit(plan)
+        audit.record(.attachAllowed, "attached group \(group)", metadata: [AuditKey.group: "\(group)"])
+        return nil
+    }
+
+    private func map(_ header: MessageHeader, _ payload: DMAMapPayload, fd: FileDescriptor?) {
+        guard let tenant else {
+            try? fd?.close()
+            return
+        }
+        let snapshot = env.store.current
+        var metadata: Logger.Metadata = [
+            AuditKey.iova: .string(Hex(payload.address).description),
+            AuditKey.size: .string(Hex(payload.size).description),
+            AuditKey.flags: .string(String(payload.flags)),
+        ]
+        func deny(_ denial: Denial) {
+            try? fd?.close()
+            fail(header, denial: denial, event: .mapDenied, metadata: metadata)
+        }
+        if state.groups.isEmpty, let sole = tenant.soleGroup(in: snapshot.database) {
+            if let denial = attachGroup(sole, tenant: tenant, snapshot: snapshot) { return deny(denial) }
+        }
+        metadata[AuditKey.group] = .string(state.groups.map(String.init).joined(separator: ","))
+        let request = MapRequest(
+            iova: payload.address, size: payload.size, flags: payload.flags, offset: payload.offset)
+        let plan: MapPlan
+        switch PolicyEngine.decideMap(request, platform: snapshot.database, tenant: tenant, state: state) {
+        case .failure(let denial): return deny(denial)
+        case .success(let decided): plan = decided
+        }
+        var reference = MemoryReference(handle: 0, offset: payload.offset)
+        if let fd {
+            if let problem = checkBacking(fd, offset: payload.offset, size: payload.size) { return deny(problem) }
+            reference.handle = nextMemoryHandle
+        }
+        guard let context else { return deny(Denial(.noGroupAttached, .EINVAL, "no IOMMU group is attached")) }
+        do {
+            try env.backend.map(plan.range, memory: reference, protection: plan.protection, in: context)
+        } catch {
+            return deny(Denial(.backendFailure, error.errno, "\(error)"))
+        }
+        if let fd {
+            memory[reference.handle] = fd
+            nextMemoryHandle += 1
+        }
+        state.commit(plan, memory: reference)
+        audit.record(
+            .mapAllowed, "mapped \(plan.range)", metadata: metadata.merging(Audit.decisionMetadata(nil)) { $1 })
+        succeed(header)
+    }
+
+    /// The fd must be a regular file (a memfd is) holding `[offset, offset + size)`.
+    private func checkBacking(_ fd: FileDescriptor, offset: UInt64, size: UInt64) -> Denial? {
+        let info: (size: UInt64, isRegular: Bool)
+        do {
+            info = try FileInfo.stat(fd)
+        } catch {
+            return Denial(.badBacking, .EINVAL, "cannot stat the passed fd: \(error)")
+        }
+        guard info.isRegular else {
+            return Denial(.badBacking, .EINVAL, "the passed fd is not a regular file or memfd")
+        }
+        let (end, overflow) = offset.addingReportingOverflow(size)
+        guard !overflow, end <= info.size else {
+            return Denial(
+                .badBacking, .EINVAL,
+                "the passed fd holds \(Hex(info.size)) bytes; offset \(Hex(offset)) + size \(Hex(size)) does not fit")
+        }
+        return nil
+    }
+
+    private func unmap(_ header: MessageHeader, _ payload: DMAUnmapPayload) {
+        guard tenant != nil else { return }
+        let snapshot = env.store.current
+        let metadata: Logger.Metadata = [
+            AuditKey.iova: .string(Hex(payload.address).description),
+            AuditKey.size: .string(Hex(payload.size).description),
+            AuditKey.flags: .string(String(payload.flags)),
+            AuditKey.group: .string(state.groups.map(String.init).joined(separator: ",")),
+        ]
+        let request = UnmapRequest(iova: payload.address, size: payload.size, flags: payload.flags)
+        let plan: UnmapPlan
+        switch PolicyEngine.decideUnmap(request, platform: snapshot.database, state: state) {
+        case .failure(let denial):
+            fail(header, denial: denial, event: .unmapDenied, metadata: metadata)
+            return
+        case .success(let decided): plan = decided
+        }
+        if let failure = release(plan) {
+            fail(header, denial: failure, event: .unmapDenied, metadata: metadata)
+            return
+        }
+        audit.record(
+            .unmapAllowed, "unmapped \(plan.entries.count) mapping(s)",
+            metadata: metadata.merging(Audit.decisionMetadata(nil)) { $1 }.merging([
+                AuditKey.bytes: .string(Hex(plan.bytes).description)
+            ]) { $1 })
+        // vfio-user: the reply carries the request's DMA entry back.
+        var bytes: [UInt8] = []
+        payload.encode(into: &bytes)
+        ReplyEncoder.success(to: header, payload: bytes, into: &reply)
+    }
+
+    /// Unmaps the plan's mappings from the backend one by one and commits those that went;
+    /// on a backend failure the rest stay mapped and the failure is returned.
+    private func release(_ plan: UnmapPlan) -> Denial? {
+        var done: [IntervalTree<Mapping>.Entry] = []
+        var failure: Denial?
+        for entry in plan.entries {
+            guard let context else { break }
+            do {
+                _ = try env.backend.unmap(entry.range, in: context)
+                done.append(entry)
+            } catch {
+                failure = Denial(.backendFailure, error.errno, "\(error)")
+                break
+            }
+        }
+        for (_, mapping) in state.commit(UnmapPlan(entries: done)) {
+            if let handle = mapping.memory?.handle, let fd = memory.removeValue(forKey: handle) { try? fd.close() }
+        }
+        return failure
+    }
+
+    private func queryRanges(_ header: MessageHeader) {
+        guard let tenant else { return }
+        let snapshot = env.store.current
+        var groups = state.groups
+        if groups.isEmpty, let sole = tenant.soleGroup(in: snapshot.database) { groups = [sole] }
+        let report = RangesReport.json(groups: groups, database: snapshot.database, relaxable: tenant.relaxable)
+        ReplyEncoder.success(to: header, payload: Array(report.rendered.utf8) + [0], into: &reply)
+    }
+
+    private func explain(_ header: MessageHeader, _ payload: DMAMapPayload) {
+        guard let tenant else { return }
+        let snapshot = env.store.current
+        var trial = state
+        var denial: Denial?
+        if trial.groups.isEmpty, let sole = tenant.soleGroup(in: snapshot.database) {
+            switch PolicyEngine.decideAttach(group: sole, platform: snapshot.database, tenant: tenant, state: trial) {
+            case .success(let plan): trial.commit(plan)
+            case .failure(let refused): denial = refused
+            }
+        }
+        if denial == nil {
+            let request = MapRequest(
+                iova: payload.address, size: payload.size, flags: payload.flags, offset: payload.offset)
+            if case .failure(let refused) = PolicyEngine.decideMap(
+                request, platform: snapshot.database, tenant: tenant, state: trial)
+            {
+                denial = refused
+            }
+        }
+        audit.record(
+            .explained, "explained a map",
+            metadata: Audit.decisionMetadata(denial).merging([
+                AuditKey.iova: .string(Hex(payload.address).description),
+                AuditKey.size: .string(Hex(payload.size).description),
+            ]) { $1 })
+        ReplyEncoder.success(to: header, payload: Array(DecisionReport.json(denial).rendered.utf8) + [0], into: &reply)
+    }
+
+    // MARK: Replies
+
+    private func succeed(_ header: MessageHeader) {
+        guard header.wantsReply else { return }
+        ReplyEncoder.success(to: header, payload: EmptyCollection<UInt8>(), into: &reply)
+    }
+
+    private func fail(_ header: MessageHeader, denial: Denial, event: AuditEvent, metadata: Logger.Metadata) {
+        audit.record(
+            event, denial.reason, level: .warning, metadata: metadata.merging(Audit.decisionMetadata(denial)) { $1 })
+        reply.removeAll(keepingCapacity: true)
+        // Errors are answered even when the command asked for no reply, so that none is lost.
+        ReplyEncoder.error(
+            to: header, errno: denial.errno.rawValue,
+            detail: errorDetail ? Array(DecisionReport.json(denial).rendered.utf8) + [0] : nil, into: &reply)
+    }
+
+    private func fail(_ header: MessageHeader, errno: Int32, reason: String, event: AuditEvent) {
+        audit.record(
+            event, reason, level: .warning,
+            metadata: [
+                AuditKey.decision: "deny", AuditKey.errno: .string(String(errno)), AuditKey.reason: .string(reason),
+                AuditKey.command: .string(String(header.command)),
+            ])
+        reply.removeAll(keepingCapacity: true)
+        ReplyEncoder.error(
+            to: header, errno: errno, detail: errorDetail ? detailJSON(errno: errno, reason: reason) : nil, into: &reply
+        )
+    }
+
+    private func detailJSON(errno: Int32, reason: String) -> [UInt8] {
+        let value = JSONValue.object([
+            ("decision", .string("deny")), ("errno", .int(Int64(errno))), ("reason", .string(reason)),
+            ("conflict", .null),
+        ])
+        return Array(value.rendered.utf8) + [0]
+    }
+
+    // MARK: End of session
+
+    /// Unmaps everything from the backend, releases the groups and the memfds, and forgets
+    /// the session. Runs however the session ended.
+    private func finish() {
+        let mappings = state.mappingCount
+        let bytes = state.mappedBytes
+        if let context {
+            env.backend.destroyContext(context)
+        }
+        for group in state.groups {
+            env.groups.release(group, from: id)
+        }
+        for fd in memory.values { try? fd.close() }
+        memory.removeAll()
+        env.sessions.remove(id)
+        socket.close()
+        audit.record(
+            .sessionClosed, "session closed; released \(mappings) mapping(s) and \(state.groups.count) group(s)",
+            metadata: [
+                AuditKey.group: .string(state.groups.map(String.init).joined(separator: ",")),
+                AuditKey.bytes: .string(Hex(bytes).description),
+            ])
+        state = TenantState()
+    }
+
+    private func now() -> Double { Date.timeIntervalSinceReferenceDate }
+
+    private func deadline(after seconds: Double) -> Double? {
+        seconds > 0 ? now() + seconds : nil
+    }
+}
+
+extension Denial.Code {
+    /// Another session holds the group.
+    static let groupBusy = Denial.Code("group-busy")
+    /// The backend (the simulated IOMMU or the kernel) refused what policy allowed.
+    static let backendFailure = Denial.Code("backend-failure")
+    /// The fd passed with DMA_MAP cannot back the mapping.
+    static let badBacking = Denial.Code("bad-backing")
+}
+
+extension DeviceInfoPayload {
+    func encodeReply(to header: MessageHeader, into reply: inout [UInt8]) {
+        var bytes: [UInt8] = []
+        encode(into: &bytes)
+        ReplyEncoder.success(to: header, payload: bytes, into: &reply)
+    }
+}

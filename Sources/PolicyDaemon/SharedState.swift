@@ -1,0 +1,123 @@
+import IOMMUCore
+import PlatformDiscovery
+import Synchronization
+import UnixSockets
+
+/// What every session decides against: the platform database and the policy config. Swapped
+/// whole (a reload builds a new one), so a request sees either the old one or the new one.
+public struct PolicySnapshot: Sendable {
+    public var database: PlatformDatabase
+    public var config: PolicyConfig
+
+    public init(database: PlatformDatabase, config: PolicyConfig) {
+        self.database = database
+        self.config = config
+    }
+}
+
+public final class PolicyStore: Sendable {
+    private let state: Mutex<PolicySnapshot>
+
+    public init(_ snapshot: PolicySnapshot) {
+        state = Mutex(snapshot)
+    }
+
+    /// A consistent copy; the database and config are copy-on-write, so this is cheap.
+    public var current: PolicySnapshot { state.withLock { $0 } }
+
+    public func replace(with snapshot: PolicySnapshot) {
+        state.withLock { $0 = snapshot }
+    }
+}
+
+public struct SessionID: Hashable, Sendable, Comparable, CustomStringConvertible {
+    public let rawValue: UInt64
+    public static func < (lhs: SessionID, rhs: SessionID) -> Bool { lhs.rawValue < rhs.rawValue }
+    public var description: String { String(rawValue) }
+}
+
+/// Which session holds each IOMMU group: a group belongs to one session at a time, as a VFIO
+/// group belongs to one container.
+final class GroupRegistry: Sendable {
+    private let holders = Mutex<[UInt32: SessionID]>([:])
+
+    /// Claims `group` for `session`; returns the other holder when it is taken.
+    func claim(_ group: UInt32, for session: SessionID) -> SessionID? {
+        holders.withLock { holders in
+            if let holder = holders[group], holder != session { return holder }
+            holders[group] = session
+            return nil
+        }
+    }
+
+    func release(_ group: UInt32, from session: SessionID) {
+        holders.withLock { holders in
+            if holders[group] == session { holders[group] = nil }
+        }
+    }
+
+    var heldGroups: [UInt32: SessionID] { holders.withLock { $0 } }
+}
+
+/// The live sessions: per-uid counts for the connection limit, and their sockets so that
+/// shutdown can wake each session's reader.
+final class SessionTable: Sendable {
+    struct Entry: Sendable {
+        var credentials: PeerCredentials
+        var socket: UnixSocket
+        /// Refused peers' sessions do not count toward their uid's limit.
+        var counted: Bool
+    }
+
+    private struct State {
+        var entries: [SessionID: Entry] = [:]
+        var perUID: [UInt32: Int] = [:]
+        var nextID: UInt64 = 1
+        var closing = false
+    }
+
+    private let state = Mutex(State())
+
+    enum Admission {
+        case admitted(SessionID)
+        case overLimit(current: Int)
+        case closing
+    }
+
+    /// Admits a session counted toward its uid's `limit`, or, with a nil limit, one that is
+    /// not counted (a refused peer's, which only lives to answer EPERM).
+    func admit(_ credentials: PeerCredentials, socket: UnixSocket, limit: Int?) -> Admission {
+        state.withLock { state in
+            guard !state.closing else { return .closing }
+            let current = state.perUID[credentials.uid, default: 0]
+            if let limit {
+                guard current < limit else { return .overLimit(current: current) }
+                state.perUID[credentials.uid] = current + 1
+            }
+            let id = SessionID(rawValue: state.nextID)
+            state.nextID += 1
+            state.entries[id] = Entry(credentials: credentials, socket: socket, counted: limit != nil)
+            return .admitted(id)
+        }
+    }
+
+    func remove(_ id: SessionID) {
+        state.withLock { state in
+            guard let entry = state.entries.removeValue(forKey: id), entry.counted else { return }
+            let remaining = state.perUID[entry.credentials.uid, default: 1] - 1
+            state.perUID[entry.credentials.uid] = remaining > 0 ? remaining : nil
+        }
+    }
+
+    /// Refuses new sessions and wakes every session's reader, which then finishes the request
+    /// in hand, sees end-of-file and cleans up.
+    func closeAll() {
+        let sockets = state.withLock { state in
+            state.closing = true
+            return state.entries.values.map(\.socket)
+        }
+        for socket in sockets { try? socket.shutdown(.read) }
+    }
+
+    var count: Int { state.withLock { $0.entries.count } }
+}

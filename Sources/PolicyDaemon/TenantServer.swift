@@ -1,0 +1,163 @@
+import Dispatch
+import Foundation
+import IOMMUBackends
+import IOMMUCore
+import Logging
+import ServiceLifecycle
+import Synchronization
+import UnixSockets
+
+/// Serves tenants on a Unix stream socket: accepts on a thread of its own, identifies each
+/// peer by SO_PEERCRED, and gives each connection a thread (blocking I/O on a thread per
+/// session is what a C server does, and keeps one stuck client from delaying another).
+///
+/// On graceful shutdown it stops accepting, lets every session finish the request in hand,
+/// releases every session's mappings and groups, and returns.
+public final class TenantServer: Service, Sendable {
+    /// Refused peers (not tenants, or over their session limit) get a session that answers
+    /// their first message with EPERM; at most this many at once, beyond which they are closed.
+    static let maximumRefusedSessions = 32
+
+    private let listener: UnixSocket
+    private let env: SessionEnvironment
+    private let logger: Logger
+    private let sessionsDone = DispatchGroup()
+    private let stopping = Atomic<Bool>(false)
+    private let refusedInFlight = Atomic<Int>(0)
+
+    public init(
+        listener: UnixSocket, store: PolicyStore, backend: any IOMMUBackend, logger: Logger,
+        limits: ProtocolLimits = ProtocolLimits(), daemonUID: UInt32
+    ) {
+        self.listener = listener
+        self.logger = logger
+        self.env = SessionEnvironment(
+            store: store, groups: GroupRegistry(), sessions: SessionTable(), backend: backend,
+            audit: Audit(logger: logger), daemonUID: daemonUID, limits: limits)
+    }
+
+    public var sessionCount: Int { env.sessions.count }
+
+    public func run() async throws {
+        let acceptor = Thread { [self] in acceptLoop() }
+        acceptor.name = "tenant-accept"
+        sessionsDone.enter()
+        acceptor.start()
+        // Runs until SIGTERM/SIGINT (or the group is cancelled).
+        try? await gracefulShutdown()
+        stop()
+        await withCheckedContinuation { continuation in
+            sessionsDone.notify(queue: .global()) { continuation.resume() }
+        }
+        logger.notice("tenant server stopped")
+    }
+
+    /// Stops accepting and wakes every session.
+    func stop() {
+        guard !stopping.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        // On Linux, shutting a listening socket down makes a blocked accept() return.
+        try? listener.shutdown(.both)
+        env.sessions.closeAll()
+    }
+
+    private func acceptLoop() {
+        defer {
+            listener.close()
+            sessionsDone.leave()
+        }
+        while !stopping.load(ordering: .acquiring) {
+            let client: UnixSocket
+            do {
+                client = try listener.accept()
+            } catch {
+                if stopping.load(ordering: .acquiring) { return }
+                switch error.errno {
+                case .tooManyOpenFiles, .tooManyOpenFilesInSystem, .noBufferSpace, .noMemory:
+                    // Out of fds or memory: back off rather than spin; sessions ending will free some.
+                    logger.error("accept: \(error); retrying in 100 ms")
+                    usleep(100_000)
+                default:
+                    logger.warning("accept: \(error)")
+                }
+                continue
+            }
+            admit(client)
+        }
+    }
+
+    private func admit(_ client: UnixSocket) {
+        let credentials: PeerCredentials
+        do {
+            credentials = try client.peerCredentials()
+        } catch {
+            logger.warning("SO_PEERCRED failed: \(error); closing the connection")
+            client.close()
+            return
+        }
+        let snapshot = env.store.current
+        let tenant = snapshot.config.policy(uid: credentials.uid, gid: credentials.gid, daemonUID: env.daemonUID)
+        var refusal: String?
+        if tenant == nil {
+            refusal =
+                "uid \(credentials.uid) (gid \(credentials.gid)) is not a tenant: no [[tenant]] rule in \(snapshot.config.path) matches"
+        }
+        let limit = tenant?.maxSessions ?? 0
+        var id: SessionID?
+        if refusal == nil {
+            switch env.sessions.admit(credentials, socket: client, limit: limit) {
+            case .admitted(let admitted): id = admitted
+            case .overLimit(let current):
+                refusal = "uid \(credentials.uid) already has \(current) session(s), the most max_sessions allows"
+            case .closing:
+                client.close()
+                return
+            }
+        }
+        if refusal != nil {
+            guard refusedInFlight.add(1, ordering: .relaxed).newValue <= Self.maximumRefusedSessions else {
+                refusedInFlight.subtract(1, ordering: .relaxed)
+                Audit(logger: logger).record(
+                    .sessionRefused, "\(refusal!); too many refused connections, closing at once", level: .warning,
+                    metadata: peerMetadata(credentials))
+                client.close()
+                return
+            }
+            switch env.sessions.admit(credentials, socket: client, limit: nil) {
+            case .admitted(let admitted): id = admitted
+            default:
+                refusedInFlight.subtract(1, ordering: .relaxed)
+                client.close()
+                return
+            }
+        }
+        guard let id else { return }
+        let session = Session(
+            id: id, socket: client, credentials: credentials, tenant: refusal == nil ? tenant : nil, refusal: refusal,
+            env: env)
+        if let refusal {
+            Audit(logger: logger).record(
+                .sessionRefused, refusal, level: .warning,
+                metadata: peerMetadata(credentials).merging([AuditKey.session: .string(id.description)]) { $1 })
+        } else {
+            Audit(logger: logger).record(
+                .sessionOpened, "session opened (\(tenant?.origin ?? ""))",
+                metadata: peerMetadata(credentials).merging([AuditKey.session: .string(id.description)]) { $1 })
+        }
+        sessionsDone.enter()
+        let refused = refusal != nil
+        let thread = Thread { [self] in
+            session.run()
+            if refused { refusedInFlight.subtract(1, ordering: .relaxed) }
+            sessionsDone.leave()
+        }
+        thread.name = "tenant-\(id)"
+        thread.start()
+    }
+
+    private func peerMetadata(_ credentials: PeerCredentials) -> Logger.Metadata {
+        [
+            AuditKey.uid: .string(String(credentials.uid)), AuditKey.gid: .string(String(credentials.gid)),
+            AuditKey.pid: .string(String(credentials.pid)),
+        ]
+    }
+}
