@@ -12,9 +12,10 @@ deps:
 build: deps
 	$(SWIFT) build
 
-# The embedded default: the built-in x86-intel profile, no sysfs needed.
+# The embedded default: the daemon on ./iommu-policyd.sock with the built-in x86-intel profile
+# and the simulated backend; no sysfs or privileges needed.
 run: deps
-	$(SWIFT) run iommu-policyctl regions --profile x86-intel
+	$(SWIFT) run iommu-policyd
 
 test: deps
 	$(SWIFT) test
