@@ -81,6 +81,8 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        // Seeded randomness, processes and temporary directories for the test targets.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(
             name: "IOMMUCoreTests",
             dependencies: [
@@ -90,7 +92,7 @@ let package = Package(
         ),
         .testTarget(
             name: "PlatformDiscoveryTests",
-            dependencies: ["PlatformDiscovery", "IOMMUCore"],
+            dependencies: ["PlatformDiscovery", "IOMMUCore", "TestSupport"],
             resources: [.copy("Fixtures")]
         ),
         .testTarget(
@@ -101,19 +103,21 @@ let package = Package(
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ]
         ),
-        .testTarget(name: "VFIOUserWireTests", dependencies: ["VFIOUserWire"]),
+        .testTarget(name: "VFIOUserWireTests", dependencies: ["VFIOUserWire", "TestSupport"]),
         .testTarget(
             name: "UnixSocketsTests",
             dependencies: ["UnixSockets", .product(name: "SystemPackage", package: "swift-system")]
         ),
         .testTarget(
             name: "PolicyCtlTests",
-            dependencies: ["iommu-policyctl"]
+            dependencies: ["iommu-policyctl", "TestSupport"]
         ),
         // Drive the real daemon binary over real sockets.
         .testTarget(
             name: "PolicyDaemonTests",
-            dependencies: ["iommu-policyd", "iommu-policyctl", "PolicyClient", "UnixSockets", "VFIOUserWire"]
+            dependencies: [
+                "iommu-policyd", "iommu-policyctl", "PolicyClient", "UnixSockets", "VFIOUserWire", "TestSupport",
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]

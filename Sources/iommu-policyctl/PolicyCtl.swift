@@ -196,21 +196,8 @@ extension PolicyCtl {
             if gid != nil && uid == nil { throw ValidationError("--gid needs --uid") }
         }
 
-        func parseFlags() throws -> UInt32 {
-            switch flags {
-            case "r": return DMAProtection.read.rawValue
-            case "w": return DMAProtection.write.rawValue
-            case "rw", "wr": return DMAProtection.readWrite.rawValue
-            default:
-                guard let raw = NumberParser.uint64(flags), let value = UInt32(exactly: raw) else {
-                    throw UsageError("--flags must be r, w, rw or a number, not \"\(flags)\"")
-                }
-                return value
-            }
-        }
-
         func run() throws {
-            let rawFlags = try parseFlags()
+            let rawFlags = try flagBits(flags)
             let loaded = try platform.load()
             try requireGroups(group, in: loaded.database)
             let outcome = decide(loaded, flags: rawFlags)
@@ -328,18 +315,6 @@ struct MapRequestOptions: ParsableArguments {
     @Option(help: "The size in bytes.") var size: Number
     @Option(help: "Access: r, w or rw, or the raw VFIO flag bits as a number.") var flags: String = "rw"
 
-    func flagBits() throws -> UInt32 {
-        switch flags {
-        case "r": return DMAProtection.read.rawValue
-        case "w": return DMAProtection.write.rawValue
-        case "rw", "wr": return DMAProtection.readWrite.rawValue
-        default:
-            guard let raw = NumberParser.uint64(flags), let value = UInt32(exactly: raw) else {
-                throw UsageError("--flags must be r, w, rw or a number, not \"\(flags)\"")
-            }
-            return value
-        }
-    }
 }
 
 extension PolicyCtl {
@@ -359,7 +334,7 @@ extension PolicyCtl {
         }
 
         func run() throws {
-            let flags = try request.flagBits()
+            let flags = try flagBits(request.flags)
             let client = try connect(tenant.socket!, json: json)
             var backing: FileDescriptor?
             if memfd {
@@ -391,7 +366,7 @@ extension PolicyCtl {
         }
 
         func run() throws {
-            let flags = try request.flagBits()
+            let flags = try flagBits(request.flags)
             let client = try connect(tenant.socket!, json: json)
             let explanation = try attached(client, request.group, json: json) {
                 try client.explain(iova: request.iova.value, size: request.size.value, flags: flags)
@@ -403,5 +378,19 @@ extension PolicyCtl {
             }
             if !explanation.allowed { throw ExitCode(1) }
         }
+    }
+}
+
+/// `--flags`: r, w, rw, or the raw VFIO flag bits as a number.
+func flagBits(_ text: String) throws -> UInt32 {
+    switch text {
+    case "r": return DMAProtection.read.rawValue
+    case "w": return DMAProtection.write.rawValue
+    case "rw", "wr": return DMAProtection.readWrite.rawValue
+    default:
+        guard let raw = NumberParser.uint64(text), let value = UInt32(exactly: raw) else {
+            throw UsageError("--flags must be r, w, rw or a number, not \"\(text)\"")
+        }
+        return value
     }
 }

@@ -1,4 +1,5 @@
 import PlatformDiscovery
+import TestSupport
 
 // Builders that write DMAR and IVRS tables byte by byte, so tests can describe a table as values
 // and then break exactly one thing about it (a length, a field, the checksum).
@@ -330,24 +331,7 @@ struct IVRSBuilder {
     }
 }
 
-/// xorshift64*: small, fast and seeded, so a fuzz failure can be replayed.
-struct SeededGenerator: RandomNumberGenerator {
-    private var state: UInt64
-
-    init(seed: UInt64) { state = seed == 0 ? 0x9e37_79b9_7f4a_7c15 : seed }
-
-    mutating func next() -> UInt64 {
-        state ^= state >> 12
-        state ^= state << 25
-        state ^= state >> 27
-        return state &* 0x2545_f491_4f6c_dd1d
-    }
-}
-
-extension SeededGenerator {
-    mutating func bytes(count: Int) -> [UInt8] {
-        (0..<count).map { _ in UInt8.random(in: 0...255, using: &self) }
-    }
+extension SplitMix64 {
 
     /// `table` with up to `maximumEdits` random byte changes and, sometimes, cut short or extended.
     mutating func mutate(_ table: [UInt8], maximumEdits: Int) -> [UInt8] {

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 
 /// A fake machine root (sysfs, /proc/iomem, ACPI tables) built in a temporary directory.
 final class SysfsFixture {

@@ -1,5 +1,6 @@
 import Foundation
 import PolicyClient
+@_exported import TestSupport
 import Testing
 import UnixSockets
 
@@ -10,13 +11,6 @@ final class DaemonProcess: @unchecked Sendable {
     let socketPath: String
     let logPath: String
     let process = Process()
-
-    static let buildDirectory: URL = {
-        let me = URL(
-            fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
-                ?? CommandLine.arguments[0])
-        return me.deletingLastPathComponent()
-    }()
 
     static func binary(_ name: String) -> String {
         buildDirectory.appendingPathComponent(name).path
@@ -101,17 +95,6 @@ struct DaemonFailure: Error, CustomStringConvertible {
 }
 
 /// Runs a program and returns its exit status and output.
-func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    let out = Pipe()
-    let err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    try process.run()
-    let stdout = out.fileHandleForReading.readDataToEndOfFile()
-    let stderr = err.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
+func run(_ executable: String, _ arguments: [String]) throws -> ProcessOutcome {
+    try runProcess(executable, arguments)
 }

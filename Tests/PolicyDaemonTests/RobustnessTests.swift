@@ -48,7 +48,7 @@ import VFIOUserWire
     @Test func tenThousandMalformedFramesLeaveTheDaemonServingWithNoFdLeak() throws {
         let daemon = try DaemonProcess()
         let baseline = daemon.fdCount
-        var rng = SplitMix(state: 0xfeed_beef)
+        var rng = SplitMix64(state: 0xfeed_beef)
         let valid: [[UInt8]] = [
             RawConnection.version(),
             RawConnection.frame(command: 2, payload: mapPayload(iova: 0x1000, size: 0x1000)),
@@ -198,15 +198,4 @@ final class FailureLog: @unchecked Sendable {
     private var items: [String] = []
     func add(_ item: String) { lock.withLock { items.append(item) } }
     var entries: [String] { lock.withLock { items } }
-}
-
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9e37_79b9_7f4a_7c15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
-    }
 }

@@ -1,16 +1,5 @@
+@_exported import TestSupport
 import VFIOUserWire
-
-/// Seeded, so a failure reproduces.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9e37_79b9_7f4a_7c15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
-    }
-}
 
 extension RandomNumberGenerator {
     /// Random values biased towards the edges, where wire bugs live.
@@ -22,10 +11,6 @@ extension RandomNumberGenerator {
         case 3: T.max - T(truncatingIfNeeded: UInt8.random(in: 0...3, using: &self))
         default: T.random(in: T.min...T.max, using: &self)
         }
-    }
-
-    mutating func bytes(count: Int) -> [UInt8] {
-        (0..<count).map { _ in UInt8.random(in: 0...255, using: &self) }
     }
 
     /// JSON-ish bytes without a NUL, possibly empty.

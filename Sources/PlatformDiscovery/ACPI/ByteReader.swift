@@ -133,3 +133,56 @@ enum ACPITableFrame {
         return text
     }
 }
+
+/// One structure of a DMAR or IVRS body, once its length has been checked.
+struct ACPIStructure {
+    var type: UInt16
+    var offset: Int
+    var length: Int
+    /// The table, limited to the end of this structure.
+    var bytes: ByteReader
+}
+
+extension ACPITableFrame {
+    /// Walks the structures that follow the 48-byte header back to back, each starting with a
+    /// type (a u16 in DMAR, a u8 in IVRS) and a u16 length at +2. As in the kernel's
+    /// dmar_walk_remapping_entries, a bad length ends the walk (the next structure's position
+    /// depends on it) with an error naming the offset; everything before it is kept.
+    static func structures(
+        _ table: ByteReader, typeWidth: Int, file: String, diagnostics: inout [Diagnostic],
+        describe: (UInt16) -> (name: String, minimumLength: Int)
+    ) -> [ACPIStructure] {
+        var found: [ACPIStructure] = []
+        var offset = headerSize
+        func stop(_ message: String) {
+            diagnostics.append(.atOffset(.error, file: file, offset, message))
+        }
+        while offset < table.end {
+            let type = typeWidth == 1 ? table.u8(at: offset).map(UInt16.init) : table.u16(at: offset)
+            guard let type, let rawLength = table.u16(at: offset + 2) else {
+                stop("structure header cut short: \(table.end - offset) bytes left, 4 needed; stopping here")
+                return found
+            }
+            let (name, minimumLength) = describe(type)
+            let length = Int(rawLength)
+            if length == 0 {
+                stop("\(name) has length 0; stopping here, as the walk could not advance")
+                return found
+            }
+            if length < minimumLength {
+                stop("\(name) length \(length) is below its minimum of \(minimumLength) bytes; stopping here")
+                return found
+            }
+            guard table.contains(offset: offset, count: length) else {
+                stop(
+                    "\(name) of \(length) bytes runs past the end of the table at \(Hex(UInt64(table.end))); "
+                        + "stopping here")
+                return found
+            }
+            found.append(
+                ACPIStructure(type: type, offset: offset, length: length, bytes: table.limited(to: offset + length)))
+            offset += length
+        }
+        return found
+    }
+}

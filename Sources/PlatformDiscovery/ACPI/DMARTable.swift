@@ -166,34 +166,17 @@ private struct DMARParser {
         result.flags = table.u8(at: 37)
 
         // VT-d 8.1: remapping structures follow the 48-byte header back to back, each starting
-        // with u16 type, u16 length. As in the kernel's dmar_walk_remapping_entries, a bad length
-        // ends the walk: the next structure's position depends on it.
-        var offset = ACPITableFrame.headerSize
-        while offset < table.end {
-            guard let type = table.u16(at: offset), let rawLength = table.u16(at: offset + 2) else {
-                error(offset, "structure header cut short: \(table.end - offset) bytes left, 4 needed; stopping here")
-                break
-            }
-            let kind = DMARStructureKind(type)
-            let length = Int(rawLength)
-            if length == 0 {
-                error(offset, "\(kind.name) has length 0; stopping here, as the walk could not advance")
-                break
-            }
-            if length < kind.minimumLength {
-                error(
-                    offset,
-                    "\(kind.name) length \(length) is below its minimum of \(kind.minimumLength) bytes; stopping here")
-                break
-            }
-            guard table.contains(offset: offset, count: length) else {
-                error(
-                    offset,
-                    "\(kind.name) of \(length) bytes runs past the end of the table at \(Hex(UInt64(table.end))); "
-                        + "stopping here")
-                break
-            }
-            let structure = table.limited(to: offset + length)
+        // with u16 type, u16 length.
+        let structures = ACPITableFrame.structures(
+            table, typeWidth: 2, file: file, diagnostics: &diagnostics,
+            describe: { type in
+                let kind = DMARStructureKind(type)
+                return (kind.name, kind.minimumLength)
+            })
+        for entry in structures {
+            let (kind, offset, length, structure) = (
+                DMARStructureKind(entry.type), entry.offset, entry.length, entry.bytes
+            )
             switch kind {
             case .drhd:
                 if let drhd = parseDRHD(structure, at: offset) { result.drhds.append(drhd) }
@@ -206,7 +189,6 @@ private struct DMARParser {
             case .unknown:
                 warning(offset, "skipped \(kind.name) (\(length) bytes)")
             }
-            offset += length
         }
         result.diagnostics = diagnostics
         return result

@@ -126,43 +126,27 @@ private struct IVRSParser {
         var result = IVRSTable(ivinfo: table.u32(at: 36))
 
         // Entries follow the 48-byte header back to back, each starting with u8 type, u8 flags,
-        // u16 length. A bad length ends the walk: the next entry's position depends on it.
-        var offset = ACPITableFrame.headerSize
-        while offset < table.end {
-            guard let type = table.u8(at: offset), let rawLength = table.u16(at: offset + 2) else {
-                error(offset, "entry header cut short: \(table.end - offset) bytes left, 4 needed; stopping here")
-                break
-            }
-            let kind = IVRSEntryKind(type)
-            let length = Int(rawLength)
-            if length == 0 {
-                error(offset, "\(kind.name) has length 0; stopping here, as the walk could not advance")
-                break
-            }
-            if length < kind.minimumLength {
-                error(
-                    offset,
-                    "\(kind.name) length \(length) is below its minimum of \(kind.minimumLength) bytes; stopping here")
-                break
-            }
-            guard table.contains(offset: offset, count: length) else {
-                error(
-                    offset,
-                    "\(kind.name) of \(length) bytes runs past the end of the table at \(Hex(UInt64(table.end))); "
-                        + "stopping here")
-                break
-            }
+        // u16 length.
+        let entries = ACPITableFrame.structures(
+            table, typeWidth: 1, file: file, diagnostics: &diagnostics,
+            describe: { type in
+                let kind = IVRSEntryKind(UInt8(truncatingIfNeeded: type))
+                return (kind.name, kind.minimumLength)
+            })
+        for entry in entries {
+            let (kind, offset, length) = (
+                IVRSEntryKind(UInt8(truncatingIfNeeded: entry.type)), entry.offset, entry.length
+            )
             switch kind {
             case .ivhd:
                 break
             case .ivmd:
-                if let ivmd = parseIVMD(table.limited(to: offset + length), at: offset, length: length) {
+                if let ivmd = parseIVMD(entry.bytes, at: offset, length: length) {
                     result.ivmds.append(ivmd)
                 }
             case .unknown:
                 warning(offset, "skipped \(kind.name) (\(length) bytes)")
             }
-            offset += length
         }
         result.diagnostics = diagnostics
         return result
