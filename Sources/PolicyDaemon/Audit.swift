@@ -20,7 +20,24 @@ public struct AuditEvent: Hashable, Sendable, CustomStringConvertible {
     public static let unmapDenied = AuditEvent("unmap-denied")
     public static let explained = AuditEvent("explain")
     public static let protocolError = AuditEvent("protocol-error")
-    public static let mappingReleased = AuditEvent("mapping-released")
+
+    /// Every event kind, with its journal MESSAGE_ID: stable 128-bit ids (never change one;
+    /// systemd/catalog/iommu-policyd.catalog explains each).
+    public static let messageIDs: [AuditEvent: String] = [
+        .sessionOpened: "4f711c702f554d19886bf8f095100e3c",
+        .sessionRefused: "2ee4f19cacf24db9a996ffb0d6b79212",
+        .sessionClosed: "ba53dc94df734496983334b9dd8c3d72",
+        .attachAllowed: "a2a460430ed94ad487dbcb78394f2db1",
+        .attachDenied: "8e97f27cb83d480f844ca31012652df3",
+        .mapAllowed: "cf79cac2d142464a84fd184a72ef1cec",
+        .mapDenied: "92090363d1db4fb0b7263094bc97804f",
+        .unmapAllowed: "7d128bdc4d864ef6a2ccae580bb27ecd",
+        .unmapDenied: "30c6125eb4484683acea414d3a10d6dc",
+        .explained: "e2f89bebff76436ab34a4140f7b27f3d",
+        .protocolError: "adeff1aad2b34632b752bca385c3d926",
+    ]
+
+    public var messageID: String? { Self.messageIDs[self] }
 }
 
 /// Metadata keys of audit records: dotted and stable, so the journal fields derived from them
