@@ -44,11 +44,22 @@ let package = Package(
             name: "UnixSockets",
             dependencies: ["CLinuxShim", .product(name: "SystemPackage", package: "swift-system")]
         ),
+        // libsystemd (Debian's libsystemd-dev): sd_notify, sd_listen_fds_with_names, sd_journal_sendv.
+        .systemLibrary(
+            name: "CSystemd",
+            pkgConfig: "libsystemd",
+            providers: [.apt(["libsystemd-dev"])]
+        ),
+        // Readiness, watchdog and status notifications, socket activation, the journal LogHandler.
+        .target(
+            name: "SystemdSupport",
+            dependencies: ["CSystemd", .product(name: "Logging", package: "swift-log")]
+        ),
         // Sessions, the tenant server and the services the daemon runs.
         .target(
             name: "PolicyDaemon",
             dependencies: [
-                "IOMMUCore", "PlatformDiscovery", "IOMMUBackends", "VFIOUserWire", "UnixSockets",
+                "IOMMUCore", "PlatformDiscovery", "IOMMUBackends", "VFIOUserWire", "UnixSockets", "SystemdSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -63,7 +74,7 @@ let package = Package(
         .executableTarget(
             name: "iommu-policyd",
             dependencies: [
-                "PolicyDaemon", "PolicyCommandLine", "IOMMUBackends", "PlatformDiscovery", "UnixSockets",
+                "PolicyDaemon", "PolicyCommandLine", "IOMMUBackends", "PlatformDiscovery", "UnixSockets", "SystemdSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

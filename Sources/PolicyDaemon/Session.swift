@@ -15,6 +15,7 @@ struct SessionEnvironment: Sendable {
     var audit: Audit
     var daemonUID: UInt32
     var limits: ProtocolLimits
+    var stats: DaemonStats
 }
 
 /// Fixed properties of the tenant protocol as this daemon speaks it.
@@ -373,6 +374,7 @@ final class Session: @unchecked Sendable {
             nextMemoryHandle += 1
         }
         state.commit(plan, memory: reference)
+        env.stats.mapped(bytes: plan.bytes)
         audit.record(
             .mapAllowed, "mapped \(plan.range)", metadata: metadata.merging(Audit.decisionMetadata(nil)) { $1 })
         succeed(header)
@@ -445,7 +447,9 @@ final class Session: @unchecked Sendable {
                 break
             }
         }
-        for (_, mapping) in state.commit(UnmapPlan(entries: done)) {
+        let released = UnmapPlan(entries: done)
+        env.stats.unmapped(count: done.count, bytes: released.bytes)
+        for (_, mapping) in state.commit(released) {
             if let handle = mapping.memory?.handle, let fd = memory.removeValue(forKey: handle) { try? fd.close() }
         }
         return failure
@@ -534,6 +538,7 @@ final class Session: @unchecked Sendable {
     private func finish() {
         let mappings = state.mappingCount
         let bytes = state.mappedBytes
+        env.stats.unmapped(count: mappings, bytes: bytes)
         if let context {
             env.backend.destroyContext(context)
         }

@@ -57,6 +57,8 @@ final class GroupRegistry: Sendable {
     }
 
     var heldGroups: [UInt32: SessionID] { holders.withLock { $0 } }
+
+    var count: Int { holders.withLock { $0.count } }
 }
 
 /// The live sessions: per-uid counts for the connection limit, and their sockets so that
@@ -120,4 +122,24 @@ final class SessionTable: Sendable {
     }
 
     var count: Int { state.withLock { $0.entries.count } }
+}
+
+/// Counters every session updates and the status line reads.
+public final class DaemonStats: Sendable {
+    let mappings = Atomic<Int>(0)
+    let mappedBytes = Atomic<UInt64>(0)
+
+    public init() {}
+
+    func mapped(bytes: UInt64) {
+        mappings.wrappingAdd(1, ordering: .relaxed)
+        mappedBytes.wrappingAdd(bytes, ordering: .relaxed)
+    }
+
+    func unmapped(count: Int, bytes: UInt64) {
+        mappings.wrappingSubtract(count, ordering: .relaxed)
+        mappedBytes.wrappingSubtract(bytes, ordering: .relaxed)
+    }
+
+    public var mappingCount: Int { mappings.load(ordering: .relaxed) }
 }

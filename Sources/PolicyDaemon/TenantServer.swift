@@ -5,6 +5,7 @@ import IOMMUCore
 import Logging
 import ServiceLifecycle
 import Synchronization
+import SystemdSupport
 import UnixSockets
 
 /// Serves tenants on a Unix stream socket: accepts on a thread of its own, identifies each
@@ -13,6 +14,9 @@ import UnixSockets
 ///
 /// On graceful shutdown it stops accepting, lets every session finish the request in hand,
 /// releases every session's mappings and groups, and returns.
+///
+/// It tells systemd READY=1 once its accept loop runs, and sends WATCHDOG=1 and STATUS= from
+/// that loop: a wedged server stops pinging, and systemd restarts it.
 public final class TenantServer: Service, Sendable {
     /// Refused peers (not tenants, or over their session limit) get a session that answers
     /// their first message with EPERM; at most this many at once, beyond which they are closed.
@@ -24,27 +28,48 @@ public final class TenantServer: Service, Sendable {
     private let sessionsDone = DispatchGroup()
     private let stopping = Atomic<Bool>(false)
     private let refusedInFlight = Atomic<Int>(0)
+    private let notifier: SystemdNotifier
+    private let started = DispatchSemaphore(value: 0)
 
     public init(
         listener: UnixSocket, store: PolicyStore, backend: any IOMMUBackend, logger: Logger,
-        limits: ProtocolLimits = ProtocolLimits(), daemonUID: UInt32
+        limits: ProtocolLimits = ProtocolLimits(), daemonUID: UInt32, notifier: SystemdNotifier = SystemdNotifier()
     ) {
         self.listener = listener
         self.logger = logger
+        self.notifier = notifier
         self.env = SessionEnvironment(
             store: store, groups: GroupRegistry(), sessions: SessionTable(), backend: backend,
-            audit: Audit(logger: logger), daemonUID: daemonUID, limits: limits)
+            audit: Audit(logger: logger), daemonUID: daemonUID, limits: limits, stats: DaemonStats())
     }
 
     public var sessionCount: Int { env.sessions.count }
+
+    /// One line for systemd's STATUS=: "3 tenants, 1204 mappings, 2 groups held".
+    public var statusLine: String {
+        let tenants = env.sessions.count
+        let mappings = env.stats.mappingCount
+        let groups = env.groups.count
+        return "\(tenants) tenant\(tenants == 1 ? "" : "s"), \(mappings) mapping\(mappings == 1 ? "" : "s"), "
+            + "\(groups) group\(groups == 1 ? "" : "s") held"
+    }
 
     public func run() async throws {
         let acceptor = Thread { [self] in acceptLoop() }
         acceptor.name = "tenant-accept"
         sessionsDone.enter()
         acceptor.start()
+        await withCheckedContinuation { continuation in
+            DispatchQueue.global().async { [started] in
+                started.wait()
+                continuation.resume()
+            }
+        }
+        // The socket was listening already; now the loop that serves it runs too.
+        notifier.ready(status: statusLine)
         // Runs until SIGTERM/SIGINT (or the group is cancelled).
         try? await gracefulShutdown()
+        notifier.stopping()
         stop()
         await withCheckedContinuation { continuation in
             sessionsDone.notify(queue: .global()) { continuation.resume() }
@@ -65,13 +90,49 @@ public final class TenantServer: Service, Sendable {
             listener.close()
             sessionsDone.leave()
         }
+        // Non-blocking, so that a connection that vanishes between poll and accept cannot wedge
+        // the loop that also feeds the watchdog.
+        let flags = fcntl(listener.fd.rawValue, F_GETFL)
+        _ = fcntl(listener.fd.rawValue, F_SETFL, flags | O_NONBLOCK)
+        let watchdog = notifier.watchdogInterval
+        // Half the watchdog interval, as sd_watchdog_enabled(3) advises; STATUS= at most once a second.
+        let pingEvery = watchdog.map { $0 / 2 } ?? .seconds(3600)
+        let clock = ContinuousClock()
+        var lastPing = clock.now
+        var lastStatus = clock.now
+        var reported = ""
+        started.signal()
         while !stopping.load(ordering: .acquiring) {
+            let now = clock.now
+            if watchdog != nil, now - lastPing >= pingEvery {
+                notifier.watchdog()
+                lastPing = now
+            }
+            if now - lastStatus >= .seconds(1) {
+                lastStatus = now
+                let line = statusLine
+                if line != reported {
+                    reported = line
+                    notifier.status(line)
+                }
+            }
+            let wait = min(pingEvery - (clock.now - lastPing), .seconds(1))
+            do {
+                guard try listener.waitReadable(timeoutMilliseconds: Self.milliseconds(wait)) else { continue }
+            } catch {
+                if stopping.load(ordering: .acquiring) { return }
+                logger.warning("poll on the tenant socket: \(error)")
+                usleep(100_000)
+                continue
+            }
             let client: UnixSocket
             do {
                 client = try listener.accept()
             } catch {
                 if stopping.load(ordering: .acquiring) { return }
                 switch error.errno {
+                case .wouldBlock, .connectionAbort:
+                    continue
                 case .tooManyOpenFiles, .tooManyOpenFilesInSystem, .noBufferSpace, .noMemory:
                     // Out of fds or memory: back off rather than spin; sessions ending will free some.
                     logger.error("accept: \(error); retrying in 100 ms")
@@ -81,6 +142,7 @@ public final class TenantServer: Service, Sendable {
                 }
                 continue
             }
+            // Linux does not pass O_NONBLOCK on to accepted sockets: sessions block, with timeouts.
             admit(client)
         }
     }
@@ -152,6 +214,11 @@ public final class TenantServer: Service, Sendable {
         }
         thread.name = "tenant-\(id)"
         thread.start()
+    }
+
+    static func milliseconds(_ duration: Duration) -> Int32 {
+        let (seconds, attoseconds) = duration.components
+        return Int32(clamping: max(1, seconds * 1000 + attoseconds / 1_000_000_000_000_000))
     }
 
     private func peerMetadata(_ credentials: PeerCredentials) -> Logger.Metadata {

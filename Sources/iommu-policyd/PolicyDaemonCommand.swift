@@ -7,6 +7,8 @@ import PlatformDiscovery
 import PolicyCommandLine
 import PolicyDaemon
 import ServiceLifecycle
+import SystemPackage
+import SystemdSupport
 import UnixSockets
 
 @main
@@ -33,7 +35,15 @@ struct PolicyDaemonCommand: AsyncParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
+    @Option(
+        name: .customLong("log-target"),
+        help: "auto (the journal when its socket exists, else stderr), journal, or stderr (<N>-prefixed lines).")
+    var logTarget: String = "auto"
+
     func validate() throws {
+        guard logTarget == "auto" || JournalWriter.Destination(rawValue: logTarget) != nil else {
+            throw ValidationError("--log-target must be auto, journal or stderr")
+        }
         guard Logger.Level(rawValue: logLevel) != nil else {
             let levels = Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")
             throw ValidationError("--log-level must be one of \(levels)")
@@ -45,11 +55,17 @@ struct PolicyDaemonCommand: AsyncParsableCommand {
 
     func run() async throws {
         let level = Logger.Level(rawValue: logLevel) ?? .info
+        let writer = JournalWriter(
+            identifier: "iommu-policyd",
+            destination: JournalWriter.Destination(rawValue: logTarget) ?? JournalWriter.defaultDestination,
+            messageIDKey: AuditKey.event,
+            messageIDs: Dictionary(uniqueKeysWithValues: AuditEvent.messageIDs.map { ($0.key.name, $0.value) }))
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
+            var handler = JournalLogHandler(label: label, writer: writer)
             handler.logLevel = level
             return handler
         }
+        defer { writer.flush() }
         let logger = Logger(label: "iommu-policyd")
 
         let source: PlatformSource
@@ -74,24 +90,60 @@ struct PolicyDaemonCommand: AsyncParsableCommand {
         default: throw fatal(logger, "backend \"\(self.backend)\" is not available (available: simulated)")
         }
 
-        let path = socket ?? Self.defaultSocketPath()
         let listener: UnixSocket
-        do {
-            listener = try UnixSocket.listen(path: path, mode: UInt32(socketMode, radix: 8) ?? 0o660)
-        } catch {
-            throw fatal(logger, "cannot listen on \(path): \(error)")
+        let passed = SocketActivation.passedSockets()
+        if passed.isEmpty {
+            let path = socket ?? Self.defaultSocketPath()
+            do {
+                listener = try UnixSocket.listen(path: path, mode: UInt32(socketMode, radix: 8) ?? 0o660)
+            } catch {
+                throw fatal(logger, "cannot listen on \(path): \(error)")
+            }
+            logger.notice("serving tenants on \(path)")
+        } else {
+            // Socket activation: systemd owns the sockets and keeps them across restarts.
+            guard let tenant = passed.first(where: { $0.name == "tenant" }) ?? (passed.count == 1 ? passed.first : nil)
+            else {
+                throw fatal(logger, "socket activation passed \(passed.map(\.name)) but no socket named \"tenant\"")
+            }
+            listener = UnixSocket(fd: FileDescriptor(rawValue: tenant.fd))
+            for other in passed where other != tenant {
+                // The admin socket is served by the admin plane, which is not here yet; keep it
+                // open so systemd does not see it closed.
+                logger.notice("socket-activated fd \(other.fd) named \"\(other.name)\" is not served yet")
+            }
+            logger.notice("serving tenants on the socket-activated fd \(tenant.fd) (\(tenant.name))")
         }
-        defer { unlink(path) }
+        defer {
+            // Only a socket we bound is ours to remove.
+            if passed.isEmpty { unlink(socket ?? Self.defaultSocketPath()) }
+        }
+        let hangup = Self.handleHangup(logger)
+        defer { hangup.cancel() }
         let server = TenantServer(
             listener: listener, store: PolicyStore(PolicySnapshot(database: loaded.database, config: loaded.config)),
             backend: backend, logger: logger, daemonUID: getuid())
-        logger.notice(
-            "serving tenants on \(path) with the \(backend.name) backend, \(loaded.database.groups.count) IOMMU group(s)"
-        )
+        logger.notice("\(backend.name) backend, \(loaded.database.groups.count) IOMMU group(s)")
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
+    }
+
+    /// SIGHUP (systemd's ExecReload) must not kill the daemon. Live reload with revalidation
+    /// belongs to the admin plane, which is not here yet; until then a reload changes nothing
+    /// and says so.
+    static func handleHangup(_ logger: Logger) -> any DispatchSourceSignal {
+        signal(SIGHUP, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
+        source.setEventHandler {
+            let notifier = SystemdNotifier()
+            notifier.reloading()
+            logger.notice("SIGHUP: live reload is not available yet; the running policy is unchanged")
+            notifier.send("READY=1")
+        }
+        source.resume()
+        return source
     }
 
     static func defaultSocketPath() -> String {

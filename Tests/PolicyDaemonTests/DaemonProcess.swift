@@ -16,13 +16,16 @@ final class DaemonProcess: @unchecked Sendable {
         buildDirectory.appendingPathComponent(name).path
     }
 
-    init(arguments: [String] = ["--profile", "x86-intel"], config: String? = nil) throws {
+    init(
+        arguments: [String] = ["--profile", "x86-intel"], config: String? = nil, environment: [String: String] = [:]
+    ) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("policyd-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(
             atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
         socketPath = directory + "/tenant.sock"
         logPath = directory + "/daemon.log"
-        var args = ["--socket", socketPath, "--socket-mode", "0666", "--log-level", "debug"] + arguments
+        var args = ["--socket", socketPath, "--socket-mode", "0666", "--log-level", "debug", "--log-target", "stderr"]
+            + arguments
         if let config {
             let path = directory + "/policy.toml"
             try config.write(toFile: path, atomically: true, encoding: .utf8)
@@ -32,6 +35,8 @@ final class DaemonProcess: @unchecked Sendable {
         FileManager.default.createFile(atPath: logPath, contents: nil)
         process.executableURL = URL(fileURLWithPath: Self.binary("iommu-policyd"))
         process.arguments = args
+        process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("NOTIFY_") }
+            .merging(environment) { $1 }
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
         process.standardOutput = FileHandle.nullDevice
         try process.run()
