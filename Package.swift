@@ -123,6 +123,8 @@ let package = Package(
             name: "PolicyCtlTests",
             dependencies: ["iommu-policyctl", "TestSupport"]
         ),
+        // The unit files, catalog and `make install`, checked with the real systemd tools.
+        .testTarget(name: "SystemdUnitTests", dependencies: ["TestSupport"]),
         // Drive the real daemon binary over real sockets.
         .testTarget(
             name: "PolicyDaemonTests",
