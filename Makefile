@@ -3,6 +3,9 @@ SWIFT ?= swift
 # Debian packages the build needs beyond the Swift toolchain: TOMLKit compiles toml++ (C++);
 # libsystemd-dev and pkg-config for the libsystemd target.
 APT_PACKAGES := libstdc++-12-dev libsystemd-dev pkg-config
+# The tests run the real systemd tools: systemd-analyze, systemd-socket-activate,
+# systemd-journald and journalctl (all in Debian's systemd package), and make for `make install`.
+TEST_APT_PACKAGES := $(APT_PACKAGES) systemd make
 
 # Where `make install` puts things. DESTDIR is prepended to every path (for packaging); the
 # installed units and catalog name the paths without it.
@@ -39,7 +42,8 @@ build: deps
 run: deps
 	$(SWIFT) run iommu-policyd
 
-test: deps
+test:
+	@scripts/ensure-packages $(TEST_APT_PACKAGES)
 	$(SWIFT) test
 
 lint:

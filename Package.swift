@@ -124,7 +124,8 @@ let package = Package(
             dependencies: ["iommu-policyctl", "TestSupport"]
         ),
         // The unit files, catalog and `make install`, checked with the real systemd tools.
-        .testTarget(name: "SystemdUnitTests", dependencies: ["TestSupport"]),
+        .testTarget(
+            name: "SystemdUnitTests", dependencies: ["PolicyDaemon", "iommu-policyd", "iommu-policyctl", "TestSupport"]),
         // Drive the real daemon binary over real sockets.
         .testTarget(
             name: "PolicyDaemonTests",

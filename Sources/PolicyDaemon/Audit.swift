@@ -27,6 +27,7 @@ public struct AuditEvent: Hashable, Sendable, CustomStringConvertible {
         .sessionOpened: "4f711c702f554d19886bf8f095100e3c",
         .sessionRefused: "2ee4f19cacf24db9a996ffb0d6b79212",
         .sessionClosed: "ba53dc94df734496983334b9dd8c3d72",
+        .versionNegotiated: "48bec483298d41bebf6d3fedadd6150b",
         .attachAllowed: "a2a460430ed94ad487dbcb78394f2db1",
         .attachDenied: "8e97f27cb83d480f844ca31012652df3",
         .mapAllowed: "cf79cac2d142464a84fd184a72ef1cec",
@@ -69,12 +70,15 @@ public struct Audit: Sendable {
         self.logger = logger
     }
 
+    /// Writes one record. CODE_FILE, CODE_LINE and CODE_FUNC name the caller, where the
+    /// decision was made, not this function.
     public func record(
-        _ event: AuditEvent, _ message: String, level: Logger.Level = .info, metadata: Logger.Metadata = [:]
+        _ event: AuditEvent, _ message: String, level: Logger.Level = .info, metadata: Logger.Metadata = [:],
+        file: String = #fileID, function: String = #function, line: UInt = #line
     ) {
         var metadata = metadata
         metadata[AuditKey.event] = .string(event.name)
-        logger.log(level: level, "\(message)", metadata: metadata)
+        logger.log(level: level, "\(message)", metadata: metadata, file: file, function: function, line: line)
     }
 
     /// The fields that describe a decision: allowed, or denied with its errno, reason and conflict.

@@ -193,10 +193,13 @@ public final class JournalWriter: Sendable {
             storage.append(contentsOf: field.utf8)
             bounds.append(start..<storage.count)
         }
-        storage.withUnsafeMutableBytes { raw in
+        let result = storage.withUnsafeMutableBytes { raw in
             var vectors = bounds.map { iovec(iov_base: raw.baseAddress! + $0.lowerBound, iov_len: $0.count) }
-            _ = sd_journal_sendv(&vectors, Int32(vectors.count))
+            return sd_journal_sendv(&vectors, Int32(vectors.count))
         }
+        // The journal went away (or was never there): the record goes to stderr rather than
+        // nowhere, which under systemd's StandardError=journal still reaches the journal.
+        if result < 0 { writeStderr(record) }
     }
 
     private func writeStderr(_ record: JournalRecord) {

@@ -19,7 +19,7 @@ struct InstallTests {
     /// Runs `make install DESTDIR=… PREFIX=/usr` with the binaries SwiftPM already built
     /// (BINDIR_SOURCE), so the test does not wait minutes for a release build.
     static func install(into destdir: TemporaryDirectory, scratch: TemporaryDirectory) throws -> ProcessOutcome {
-        let binaries = try SystemdFiles.binaries(scratch: scratch)
+        let binaries = try SystemdFiles.binaries()
         // Under `make test` the outer make's MAKEFLAGS would carry its command-line variables in.
         return try Tools.run(
             "/usr/bin/env",

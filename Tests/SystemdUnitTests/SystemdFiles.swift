@@ -10,7 +10,8 @@ enum SystemdFiles {
     static let units = ["iommu-policyd.service", "iommu-policyd.socket", "iommu-policyd-admin.socket"]
     static let catalog = directory.appendingPathComponent("catalog/iommu-policyd.catalog")
 
-    /// Every audit event's journal MESSAGE_ID (PolicyDaemon's `AuditEvent.messageIDs`); fixed forever.
+    /// Every audit event's journal MESSAGE_ID, written out here so that changing one in
+    /// PolicyDaemon's `AuditEvent.messageIDs` fails a test: they are fixed forever.
     static let messageIDs: [String: String] = [
         "session-opened": "4f711c702f554d19886bf8f095100e3c",
         "session-refused": "2ee4f19cacf24db9a996ffb0d6b79212",
@@ -40,18 +41,16 @@ enum SystemdFiles {
         }
     }
 
-    /// A directory holding executables named iommu-policyd and iommu-policyctl: SwiftPM's build
-    /// directory when both are built there, else stub scripts made in `scratch`.
-    static func binaries(scratch: TemporaryDirectory) throws -> String {
-        let built = ["iommu-policyd", "iommu-policyctl"].allSatisfy {
-            FileManager.default.isExecutableFile(atPath: buildDirectory.appendingPathComponent($0).path)
-        }
-        if built { return buildDirectory.path }
+    /// SwiftPM's build directory, which holds the iommu-policyd and iommu-policyctl this test
+    /// target depends on.
+    static func binaries() throws -> String {
         for name in ["iommu-policyd", "iommu-policyctl"] {
-            let path = try scratch.write("bin/\(name)", "#!/bin/sh\nexit 0\n")
-            try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: path)
+            let path = buildDirectory.appendingPathComponent(name).path
+            guard FileManager.default.isExecutableFile(atPath: path) else {
+                throw CocoaError(.fileNoSuchFile, userInfo: [NSFilePathErrorKey: path])
+            }
         }
-        return scratch.path + "/bin"
+        return buildDirectory.path
     }
 }
 

@@ -12,7 +12,7 @@ struct UnitFileTests {
     @Test func verifyAcceptsTheServiceAndBothSocketsWithoutAWord() throws {
         let scratch = try TemporaryDirectory(prefix: "systemd-units")
         let units = try SystemdFiles.installUnits(
-            into: scratch, binDirectory: try SystemdFiles.binaries(scratch: scratch))
+            into: scratch, binDirectory: try SystemdFiles.binaries())
         // Together: the service names the sockets in Sockets=, and they name it in Service=.
         let outcome = try Tools.run(Tools.systemdAnalyze, ["verify"] + units)
         #expect(outcome.status == 0, "systemd-analyze verify exited \(outcome.status):\n\(outcome.stderr)")
@@ -22,7 +22,7 @@ struct UnitFileTests {
     @Test func theServiceExposureIsAtMostTheLimit() throws {
         let scratch = try TemporaryDirectory(prefix: "systemd-units")
         let units = try SystemdFiles.installUnits(
-            into: scratch, binDirectory: try SystemdFiles.binaries(scratch: scratch))
+            into: scratch, binDirectory: try SystemdFiles.binaries())
         let service = try #require(units.first { $0.hasSuffix(".service") })
         let outcome = try Tools.run(Tools.systemdAnalyze, ["security", "--offline=yes", service])
         #expect(outcome.status == 0, "systemd-analyze security exited \(outcome.status):\n\(outcome.stderr)")
