@@ -125,6 +125,9 @@ let package = Package(
         ),
         // The unit files, catalog and `make install`, checked with the real systemd tools.
         .testTarget(
+            name: "SystemdSupportTests",
+            dependencies: ["SystemdSupport", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(
             name: "SystemdUnitTests", dependencies: ["PolicyDaemon", "iommu-policyd", "iommu-policyctl", "TestSupport"]),
         // Drive the real daemon binary over real sockets.
         .testTarget(

@@ -1,4 +1,5 @@
 import Foundation
+import PolicyDaemon
 import TestSupport
 import Testing
 
@@ -52,6 +53,13 @@ struct CatalogTests {
             #expect(lines.contains("Defined-By: iommu-policyd"), "\(id) is not Defined-By iommu-policyd")
             #expect(lines.contains { $0.hasPrefix("Support: ") }, "\(id) has no Support")
         }
+    }
+
+    /// The daemon's table is the one the catalog explains, and no id has changed.
+    @Test func theDaemonsMessageIDsAreThePinnedOnes() {
+        let daemon = Dictionary(uniqueKeysWithValues: AuditEvent.messageIDs.map { ($0.key.name, $0.value) })
+        #expect(daemon == SystemdFiles.messageIDs)
+        #expect(Set(daemon.values).count == daemon.count, "two events share an id")
     }
 
     @Test func theMapDenialTellsAnOperatorWhatHappenedAndWhatToDo() throws {
