@@ -85,9 +85,19 @@ public final class JournalWriter: Sendable {
         var waitingForIdle = 0
     }
 
-    /// The journal when its socket exists, else stderr.
+    /// The journal when stderr is connected to it, else stderr: systemd sets `$JOURNAL_STREAM`
+    /// to the device and inode of the stream it gives a service (systemd.exec(5)). A daemon run
+    /// from a terminal logs to the terminal, even on a machine with a journal.
     public static var defaultDestination: Destination {
-        access("/run/systemd/journal/socket", F_OK) == 0 ? .journal : .stderr
+        destination(journalStream: getenv("JOURNAL_STREAM").map { String(cString: $0) }, stderr: 2)
+    }
+
+    /// `.journal` when `journalStream` ("device:inode") names the file `stderr` is open on.
+    static func destination(journalStream: String?, stderr: Int32) -> Destination {
+        guard let journalStream else { return .stderr }
+        var status = stat()
+        guard fstat(stderr, &status) == 0 else { return .stderr }
+        return journalStream == "\(status.st_dev):\(status.st_ino)" ? .journal : .stderr
     }
 
     public init(

@@ -64,4 +64,9 @@ public enum SocketActivation {
         }
         return sockets
     }
+
+    /// Whether `fd` is a listening AF_UNIX stream socket, as the tenant and admin sockets must be.
+    public static func isListeningUnixStream(_ fd: Int32) -> Bool {
+        sd_is_socket_unix(fd, Int32(SOCK_STREAM.rawValue), 1, nil, 0) > 0
+    }
 }

@@ -37,7 +37,10 @@ struct PolicyDaemonCommand: AsyncParsableCommand {
 
     @Option(
         name: .customLong("log-target"),
-        help: "auto (the journal when its socket exists, else stderr), journal, or stderr (<N>-prefixed lines).")
+        help: """
+            auto (the journal when systemd connected stderr to it, per $JOURNAL_STREAM; else stderr), \
+            journal, or stderr (<N>-prefixed lines).
+            """)
     var logTarget: String = "auto"
 
     func validate() throws {
@@ -105,6 +108,11 @@ struct PolicyDaemonCommand: AsyncParsableCommand {
             guard let tenant = passed.first(where: { $0.name == "tenant" }) ?? (passed.count == 1 ? passed.first : nil)
             else {
                 throw fatal(logger, "socket activation passed \(passed.map(\.name)) but no socket named \"tenant\"")
+            }
+            guard SocketActivation.isListeningUnixStream(tenant.fd) else {
+                throw fatal(
+                    logger,
+                    "the socket-activated fd \(tenant.fd) (\(tenant.name)) is not a listening Unix stream socket")
             }
             listener = UnixSocket(fd: FileDescriptor(rawValue: tenant.fd))
             for other in passed where other != tenant {

@@ -17,14 +17,16 @@ final class DaemonProcess: @unchecked Sendable {
     }
 
     init(
-        arguments: [String] = ["--profile", "x86-intel"], config: String? = nil, environment: [String: String] = [:]
+        arguments: [String] = ["--profile", "x86-intel"], config: String? = nil, environment: [String: String] = [:],
+        waitForSocket: Bool = true
     ) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("policyd-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(
             atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
         socketPath = directory + "/tenant.sock"
         logPath = directory + "/daemon.log"
-        var args = ["--socket", socketPath, "--socket-mode", "0666", "--log-level", "debug", "--log-target", "stderr"]
+        var args =
+            ["--socket", socketPath, "--socket-mode", "0666", "--log-level", "debug", "--log-target", "stderr"]
             + arguments
         if let config {
             let path = directory + "/policy.toml"
@@ -40,7 +42,7 @@ final class DaemonProcess: @unchecked Sendable {
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
         process.standardOutput = FileHandle.nullDevice
         try process.run()
-        try waitUntilAccepting()
+        if waitForSocket { try waitUntilAccepting() }
     }
 
     deinit {

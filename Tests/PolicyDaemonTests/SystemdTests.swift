@@ -19,7 +19,9 @@ final class NotifyListener {
             for (index, byte) in path.utf8.enumerated() { raw[index] = byte }
         }
         let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         guard fd >= 0, bound == 0 else { throw DaemonFailure("cannot bind \(path)") }
     }
@@ -46,11 +48,12 @@ final class NotifyListener {
         let directory = try TemporaryDirectory(prefix: "policyd-notify")
         let listener = try NotifyListener(directory: directory.path)
         let daemon = try DaemonProcess(
-            environment: ["NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "400000"])
-        listener.collect(for: 5) { $0.contains { $0.contains("READY=1") } }
-        let ready = try #require(listener.texts.first { $0.contains("READY=1") })
-        // READY=1 comes with the first STATUS= and only after the socket accepts.
-        #expect(ready.contains("STATUS=0 tenants, 0 mappings, 0 groups held"))
+            environment: ["NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "400000"], waitForSocket: false)
+        listener.collect(for: 10) { $0.contains { $0.contains("READY=1") } }
+        let ready = try #require(listener.texts.first { $0.contains("READY=1") }, "\(daemon.log)")
+        // READY=1 comes with the first STATUS=, and the socket accepts at once, with no retry.
+        #expect(ready == "READY=1\nSTATUS=0 tenants, 0 mappings, 0 groups held")
+        #expect(listener.texts.first == ready, "nothing comes before READY=1: \(listener.texts)")
         let client = try daemon.client()
         try client.map(iova: 0x4000_0000, size: 0x1000)
         let start = Date()
@@ -60,7 +63,8 @@ final class NotifyListener {
         // WATCHDOG_USEC of 0.4 s: a ping every 0.2 s.
         let pings = listener.messages.filter { $0.text == "WATCHDOG=1" && $0.time >= start }.count
         let expected = elapsed / 0.2
-        #expect(Double(pings) >= expected * 0.6 && Double(pings) <= expected * 1.4 + 1, "\(pings) pings in \(elapsed) s")
+        #expect(
+            Double(pings) >= expected * 0.6 && Double(pings) <= expected * 1.4 + 1, "\(pings) pings in \(elapsed) s")
         #expect(daemon.stop() == 0)
         listener.collect(for: 1) { $0.contains("STOPPING=1") }
         #expect(listener.texts.contains("STOPPING=1"))
@@ -100,7 +104,8 @@ final class NotifyListener {
         launcher.executableURL = URL(fileURLWithPath: "/usr/bin/systemd-socket-activate")
         // LISTEN_PID must name the process that reads the fds: each subshell sets its own pid
         // and then becomes the daemon.
-        let loop = #"for i in 1 2; do ( export LISTEN_PID=$BASHPID; exec "$0" --log-target stderr --log-level debug 2>>"$1" ); done"#
+        let loop =
+            #"for i in 1 2; do ( export LISTEN_PID=$BASHPID; exec "$0" --log-target stderr --log-level debug 2>>"$1" ); done"#
         launcher.arguments = [
             "-l", tenant, "--fdname=tenant", "-l", admin, "--fdname=admin",
             "/bin/bash", "-c", loop, DaemonProcess.binary("iommu-policyd"), log,
@@ -134,7 +139,9 @@ final class NotifyListener {
         var second: PolicyClient?
         let deadline = Date().addingTimeInterval(10)
         while second == nil, Date() < deadline {
-            if let candidate = try? PolicyClient(path: tenant), (try? candidate.explain(iova: 0x1000, size: 0x1000)) != nil {
+            if let candidate = try? PolicyClient(path: tenant),
+                (try? candidate.explain(iova: 0x1000, size: 0x1000)) != nil
+            {
                 second = candidate
             } else {
                 usleep(50_000)
@@ -144,6 +151,18 @@ final class NotifyListener {
         // The new daemon holds nothing of the old one's: the same IOVA maps again.
         try again.map(iova: 0x4000_0000, size: 0x1000)
         #expect(logText().components(separatedBy: "socket-activated fd 3 (tenant)").count == 3)
+    }
+}
+
+extension SocketActivationTests {
+    /// LISTEN_FDS set by hand, for a fd 3 that is a file: the daemon refuses it at start-up.
+    @Test func aPassedTenantFdThatIsNotAListeningUnixSocketStopsTheDaemonWithAReason() throws {
+        let script =
+            #"export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=tenant; exec 3</dev/null; exec "$0" --log-target stderr"#
+        let outcome = try run(
+            "/usr/bin/timeout", ["20", "/bin/bash", "-c", script, DaemonProcess.binary("iommu-policyd")])
+        #expect(outcome.status != 0 && outcome.status != 124, "exit \(outcome.status)")
+        #expect(outcome.stderr.contains("fd 3 (tenant) is not a listening Unix stream socket"), "\(outcome.stderr)")
     }
 }
 

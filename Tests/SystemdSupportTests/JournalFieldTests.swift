@@ -1,3 +1,4 @@
+import Glibc
 import Logging
 import Testing
 
@@ -26,7 +27,8 @@ struct JournalFieldTests {
             file: "PolicyDaemon/Session.swift", function: "map(_:)", line: 42)
         let fields = writer.fields(record)
         for expected in [
-            "MESSAGE=overlaps msi", "PRIORITY=4", "SYSLOG_IDENTIFIER=test-ident", "CODE_FILE=PolicyDaemon/Session.swift",
+            "MESSAGE=overlaps msi", "PRIORITY=4", "SYSLOG_IDENTIFIER=test-ident",
+            "CODE_FILE=PolicyDaemon/Session.swift",
             "CODE_LINE=42", "CODE_FUNC=map(_:)", "MESSAGE_ID=92090363d1db4fb0b7263094bc97804f",
             "AUDIT_EVENT=map-denied", "DMA_IOVA=0xfee00000",
         ] {
@@ -46,5 +48,36 @@ struct JournalFieldTests {
     ])
     func swiftLogLevelsMapToSyslogPriorities(level: Logger.Level, priority: Int) {
         #expect(JournalLogHandler.priority(level) == priority)
+    }
+}
+
+struct JournalDestinationTests {
+    /// A pipe stands in for the stream systemd connects a service's stderr to.
+    func withPipe(_ body: (Int32, String) -> Void) {
+        var ends: [Int32] = [0, 0]
+        #expect(pipe(&ends) == 0)
+        defer { for end in ends { close(end) } }
+        var status = stat()
+        #expect(fstat(ends[1], &status) == 0)
+        body(ends[1], "\(status.st_dev):\(status.st_ino)")
+    }
+
+    @Test func stderrConnectedToTheStreamJournalStreamNamesGoesToTheJournal() {
+        withPipe { fd, identity in
+            #expect(JournalWriter.destination(journalStream: identity, stderr: fd) == .journal)
+        }
+    }
+
+    @Test func stderrRedirectedElsewhereThanJournalStreamGoesToStderr() {
+        withPipe { fd, identity in
+            #expect(JournalWriter.destination(journalStream: identity + "1", stderr: fd) == .stderr)
+            #expect(JournalWriter.destination(journalStream: "0:0", stderr: fd) == .stderr)
+        }
+    }
+
+    @Test func withoutJournalStreamLogsGoToStderr() {
+        withPipe { fd, _ in
+            #expect(JournalWriter.destination(journalStream: nil, stderr: fd) == .stderr)
+        }
     }
 }
