@@ -20,6 +20,8 @@ let package = Package(
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // The pure core: ranges, interval trees, regions, the policy engine. Standard library only.
@@ -38,6 +40,15 @@ let package = Package(
         // The vfio-user frame codec and message structs: strict decoding, no sockets. Standard library only.
         .target(name: "VFIOUserWire"),
         // The Linux calls Swift cannot make directly: cmsg macros, _GNU_SOURCE declarations.
+        // QMP framing for the admin socket: a stream of JSON values in, CRLF-ended messages out.
+        .target(name: "QMPWire"),
+        // Counters and histograms through swift-metrics, rendered as Prometheus text.
+        .target(
+            name: "DaemonMetrics",
+            dependencies: [
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]),
         .target(name: "CLinuxShim"),
         // The thin Swift edge over Unix stream sockets, fd passing, memfds.
         .target(
@@ -115,6 +126,8 @@ let package = Package(
             ]
         ),
         .testTarget(name: "VFIOUserWireTests", dependencies: ["VFIOUserWire", "TestSupport"]),
+        .testTarget(name: "QMPWireTests", dependencies: ["QMPWire", "TestSupport"]),
+        .testTarget(name: "DaemonMetricsTests", dependencies: ["DaemonMetrics"]),
         .testTarget(
             name: "UnixSocketsTests",
             dependencies: ["UnixSockets", .product(name: "SystemPackage", package: "swift-system")]

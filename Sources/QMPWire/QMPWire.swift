@@ -1,0 +1,1 @@
+// QMP framing; see docs/ADMIN.md.
