@@ -72,6 +72,7 @@ install: $(if $(BINDIR_SOURCE),,release)
 	chmod 0644 "$(DESTDIR)$(CATALOGDIR)/iommu-policyd.catalog"
 	install -D -m 0644 README.md "$(DESTDIR)$(DOCDIR)/README.md"
 	install -D -m 0644 docs/PROTOCOL.md "$(DESTDIR)$(DOCDIR)/PROTOCOL.md"
+	install -D -m 0644 docs/ADMIN.md "$(DESTDIR)$(DOCDIR)/ADMIN.md"
 	install -d -m 0755 "$(DESTDIR)$(SYSCONFDIR)/iommu-policyd"
 	@if [ -z "$(DESTDIR)" ] && [ -e "$(SYSCONFDIR)/iommu-policyd/policy.toml" ]; then \
 	    echo "keeping $(SYSCONFDIR)/iommu-policyd/policy.toml (the default is Config/policy.toml)"; \
@@ -86,5 +87,5 @@ uninstall:
 	for unit in $(UNITS); do rm -f "$(DESTDIR)$(UNITDIR)/$$unit"; done
 	rm -f "$(DESTDIR)$(SYSUSERSDIR)/iommu-policyd.conf" "$(DESTDIR)$(TMPFILESDIR)/iommu-policyd.conf"
 	rm -f "$(DESTDIR)$(CATALOGDIR)/iommu-policyd.catalog"
-	rm -f "$(DESTDIR)$(DOCDIR)/README.md" "$(DESTDIR)$(DOCDIR)/PROTOCOL.md"
+	rm -f "$(DESTDIR)$(DOCDIR)/README.md" "$(DESTDIR)$(DOCDIR)/PROTOCOL.md" "$(DESTDIR)$(DOCDIR)/ADMIN.md"
 	-rmdir "$(DESTDIR)$(DOCDIR)"

@@ -21,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
@@ -71,6 +72,8 @@ let package = Package(
             name: "PolicyDaemon",
             dependencies: [
                 "IOMMUCore", "PlatformDiscovery", "IOMMUBackends", "VFIOUserWire", "UnixSockets", "SystemdSupport",
+                "QMPWire", "DaemonMetrics",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -86,6 +89,7 @@ let package = Package(
             name: "iommu-policyd",
             dependencies: [
                 "PolicyDaemon", "PolicyCommandLine", "IOMMUBackends", "PlatformDiscovery", "UnixSockets", "SystemdSupport",
+                "DaemonMetrics",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

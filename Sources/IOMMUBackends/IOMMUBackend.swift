@@ -87,4 +87,12 @@ public protocol IOMMUBackend: AnyObject, Sendable {
     /// Unmaps everything, releases the context's groups and forgets the context. Closing a
     /// container or an IOAS cannot fail, so neither can this; an unknown context is ignored.
     func destroyContext(_ context: BackendContextID)
+
+    /// The daemon re-ran discovery (a reload): new groups may exist.
+    func platformChanged(_ platform: PlatformDatabase)
+}
+
+extension IOMMUBackend {
+    /// Backends that find groups when they are attached (the kernel's) have nothing to do.
+    public func platformChanged(_ platform: PlatformDatabase) {}
 }

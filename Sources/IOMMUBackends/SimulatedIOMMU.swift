@@ -107,17 +107,17 @@ public final class SimulatedIOMMU: IOMMUBackend {
     }
 
     public let name = "simulated"
-    public let groupConfigs: [UInt32: GroupConfig]
+    /// The groups the simulated hardware has; hot-plugged ones are added by `platformChanged`.
+    public var groupConfigs: [UInt32: GroupConfig] { state.withLock { $0.configs } }
     /// False models an older kernel that did not check reserved regions on map or attach and
     /// reported no usable ranges, so that tests can install PTEs over the MSI window.
     public let enforcesReservedRanges: Bool
-    private let state: Mutex<State>
+    let state: Mutex<State>
 
     public init(groups: [UInt32: GroupConfig], enforcesReservedRanges: Bool = true) {
         for (id, config) in groups {
             precondition(config.pageSizes != 0, "group \(id) has no page sizes")
         }
-        self.groupConfigs = groups
         self.enforcesReservedRanges = enforcesReservedRanges
         state = Mutex(State(configs: groups, enforcesReservedRanges: enforcesReservedRanges))
     }
@@ -354,7 +354,7 @@ extension SimulatedIOMMU {
     }
 
     struct State: Sendable {
-        let configs: [UInt32: GroupConfig]
+        var configs: [UInt32: GroupConfig]
         let enforcesReservedRanges: Bool
         var nextContext: UInt64 = 1
         var contexts: [BackendContextID: Context] = [:]

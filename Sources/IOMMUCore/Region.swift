@@ -35,6 +35,14 @@ public struct RegionOwner: Hashable, Sendable, CustomStringConvertible {
     public static let config = RegionOwner("config")
     public static let profile = RegionOwner("profile")
     public static let aperture = RegionOwner("aperture")
+    /// Added at run time through the admin plane, held by one admin connection: removed when
+    /// it closes.
+    public static func admin(connection: UInt64) -> RegionOwner { RegionOwner("admin-connection-\(connection)") }
+    /// Added at run time with `persist`: kept in the daemon's state file across restarts.
+    public static let persistent = RegionOwner("admin-persistent")
+
+    /// Whether the region came from the admin plane rather than the platform or the config.
+    public var isRuntime: Bool { name.hasPrefix("admin-") }
 }
 
 /// One range a tenant must not map, with where it came from.

@@ -53,6 +53,23 @@ public struct PolicyConfig: Sendable, Hashable {
     public var defaults = Defaults()
     public var reserved: [Reserved] = []
     public var tenants: [TenantRule] = []
+    /// Who may use the admin socket besides root: `[admin] uids = […]`, `gids = […]`.
+    public var admin = Admin()
+
+    public struct Admin: Sendable, Hashable {
+        public var uids: Set<UInt32> = []
+        public var gids: Set<UInt32> = []
+
+        public init(uids: Set<UInt32> = [], gids: Set<UInt32> = []) {
+            self.uids = uids
+            self.gids = gids
+        }
+
+        /// Root always; others when their uid or primary gid is listed.
+        public func permits(uid: UInt32, gid: UInt32) -> Bool {
+            uid == 0 || uids.contains(uid) || gids.contains(gid)
+        }
+    }
 
     public init(path: String) {
         self.path = path
@@ -179,7 +196,7 @@ private struct ConfigReader {
 
     mutating func read(_ table: TOMLTable) -> PolicyConfig {
         var config = PolicyConfig(path: path)
-        for key in table.keys where !["defaults", "reserved", "tenant"].contains(key) {
+        for key in table.keys where !["defaults", "reserved", "tenant", "admin"].contains(key) {
             let header = (lines.headers(key, array: false) + lines.headers(key, array: true)).min()
             error(header ?? lines.line(of: key, after: 0), "unknown key or table \"\(key)\"")
         }
@@ -189,6 +206,16 @@ private struct ConfigReader {
                 config.defaults = readDefaults(defaults, line: line)
             } else {
                 error(line, "\"defaults\" must be a table")
+            }
+        }
+        if let admin = table["admin"] {
+            let line = lines.headers("admin", array: false).first ?? 1
+            if let admin = admin.table {
+                checkKeys(admin, allowed: ["uids", "gids"], block: "[admin]", line: line)
+                config.admin = PolicyConfig.Admin(
+                    uids: readIDs(admin, "uids", line: line), gids: readIDs(admin, "gids", line: line))
+            } else {
+                error(line, "\"admin\" must be a table")
             }
         }
         config.reserved = readArray(table, "reserved") { reader, entry, line in reader.readReserved(entry, line: line) }
@@ -324,6 +351,16 @@ private struct ConfigReader {
         if let int = value.int, let id = UInt32(exactly: int) { return id }
         error(lines.line(of: key, after: line), "\(key) must be an integer from 0 to \(UInt32.max)")
         return nil
+    }
+
+    mutating func readIDs(_ table: TOMLTable, _ key: String, line: Int) -> Set<UInt32> {
+        guard let value = table[key] else { return [] }
+        let ids = value.array.map { $0.compactMap { $0.int.flatMap { UInt32(exactly: $0) } } }
+        guard let ids, ids.count == value.array?.count else {
+            error(lines.line(of: key, after: line), "\(key) must be an array of ids from 0 to \(UInt32.max)")
+            return []
+        }
+        return Set(ids)
     }
 
     mutating func readRelaxable(_ table: TOMLTable, line: Int) -> RelaxablePolicy? {

@@ -20,6 +20,14 @@ public struct AuditEvent: Hashable, Sendable, CustomStringConvertible {
     public static let unmapDenied = AuditEvent("unmap-denied")
     public static let explained = AuditEvent("explain")
     public static let protocolError = AuditEvent("protocol-error")
+    public static let mappingRevoked = AuditEvent("mapping-revoked")
+    public static let policyReloaded = AuditEvent("policy-reloaded")
+    public static let reloadFailed = AuditEvent("reload-failed")
+    public static let regionAdded = AuditEvent("region-added")
+    public static let regionRemoved = AuditEvent("region-removed")
+    public static let adminOpened = AuditEvent("admin-opened")
+    public static let adminRefused = AuditEvent("admin-refused")
+    public static let adminClosed = AuditEvent("admin-closed")
 
     /// Every event kind, with its journal MESSAGE_ID: stable 128-bit ids (never change one;
     /// systemd/catalog/iommu-policyd.catalog explains each).
@@ -36,6 +44,14 @@ public struct AuditEvent: Hashable, Sendable, CustomStringConvertible {
         .unmapDenied: "30c6125eb4484683acea414d3a10d6dc",
         .explained: "e2f89bebff76436ab34a4140f7b27f3d",
         .protocolError: "adeff1aad2b34632b752bca385c3d926",
+        .mappingRevoked: "e5e6007faa76403fb93e28177af77efd",
+        .policyReloaded: "b498e1b9a50f4b5f991b6f7fa488567d",
+        .reloadFailed: "1b08d329f21940d090661476c7f70730",
+        .regionAdded: "43a94f832546487cb380f33787434e2b",
+        .regionRemoved: "c35f351b82044e9eb647e5f465b0751d",
+        .adminOpened: "14171b346e13420ba0695df8cb572700",
+        .adminRefused: "48248025131b4821bdb5fffb66c8aa71",
+        .adminClosed: "fb9dd566fdae417bbe694c6fd1288c95",
     ]
 
     public var messageID: String? { Self.messageIDs[self] }
@@ -96,4 +112,19 @@ public struct Audit: Sendable {
         }
         return metadata
     }
+
+    /// An audit record's fields as admin event data: the same keys with `-` for `.` and `_`
+    /// (`tenant.uid` is `tenant-uid`), numbers as numbers, in key order.
+    public static func eventData(_ metadata: Logger.Metadata) -> [(key: String, value: EventField)] {
+        metadata.sorted { $0.key < $1.key }.map { key, value in
+            let name = String(key.map { $0 == "." || $0 == "_" ? "-" : $0 })
+            let text = "\(value)"
+            if numericKeys.contains(key), let number = Int64(text) { return (name, .int(number)) }
+            return (name, .string(text))
+        }
+    }
+
+    static let numericKeys: Set<String> = [
+        AuditKey.session, AuditKey.uid, AuditKey.gid, AuditKey.pid, AuditKey.errno, AuditKey.flags,
+    ]
 }

@@ -1,13 +1,16 @@
+import DaemonMetrics
 import Foundation
 import IOMMUBackends
 import IOMMUCore
 import Logging
+import Synchronization
 import SystemPackage
 import UnixSockets
 import VFIOUserWire
 
-/// What sessions share: the policy, group ownership, the live-session table and the backend.
-struct SessionEnvironment: Sendable {
+/// What sessions and the admin plane share: the policy, group ownership, the live-session
+/// table, the backend, the audit trail and the event bus.
+public struct SessionEnvironment: Sendable {
     var store: PolicyStore
     var groups: GroupRegistry
     var sessions: SessionTable
@@ -16,6 +19,24 @@ struct SessionEnvironment: Sendable {
     var daemonUID: UInt32
     var limits: ProtocolLimits
     var stats: DaemonStats
+    var events: EventBus
+    public var metrics: DaemonMetrics
+
+    public init(
+        store: PolicyStore, backend: any IOMMUBackend, logger: Logger, daemonUID: UInt32,
+        limits: ProtocolLimits = ProtocolLimits(), metrics: DaemonMetrics = DaemonMetrics()
+    ) {
+        self.store = store
+        self.groups = GroupRegistry()
+        self.sessions = SessionTable()
+        self.backend = backend
+        self.audit = Audit(logger: logger)
+        self.daemonUID = daemonUID
+        self.limits = limits
+        self.stats = DaemonStats()
+        self.events = EventBus(onDrop: { metrics.eventsDropped() })
+        self.metrics = metrics
+    }
 }
 
 /// Fixed properties of the tenant protocol as this daemon speaks it.
@@ -36,16 +57,27 @@ public struct ProtocolLimits: Sendable {
 
 /// One tenant connection, served on its own thread so that a slow, stuck or hostile client
 /// never delays another. Requests are handled one at a time, in order; each either completes
-/// or leaves the session's state as it was. Confined to its thread: nothing else touches it.
+/// or leaves the session's state as it was.
+///
+/// The tenant state (groups, mappings, memfds, the backend context) is also read and changed
+/// by the admin plane: listings, revocation, and revalidation after a reload. `lock` guards
+/// it; a request holds it from reading the policy snapshot to committing, so a reload that
+/// swaps the snapshot and then revalidates each session sees every mapping made under the old
+/// snapshot. Replies are sent outside it, so a client that does not read never holds it.
 final class Session: @unchecked Sendable {
     let id: SessionID
     let socket: UnixSocket
     let credentials: PeerCredentials
     /// nil when the peer is not a tenant: its first message is answered EPERM and it is closed.
-    let tenant: TenantPolicy?
+    /// Replaced by a reload that changes the peer's [[tenant]] rule.
+    private(set) var tenant: TenantPolicy?
     let refusal: String?
     let env: SessionEnvironment
     let logger: Logger
+    let openedAt = Date()
+    private let lock = Mutex(())
+    /// Why the admin plane or a reload ended the session; no request is served after it.
+    private var revocation: String?
     private var state = TenantState()
     private var context: BackendContextID?
     private var negotiated = false
@@ -54,6 +86,8 @@ final class Session: @unchecked Sendable {
     private var memory: [UInt64: FileDescriptor] = [:]
     private var nextMemoryHandle: UInt64 = 1
     private var reply: [UInt8] = []
+    /// The map or unmap the request in hand was, for the latency histogram.
+    private var lastCommand: String?
 
     init(
         id: SessionID, socket: UnixSocket, credentials: PeerCredentials, tenant: TenantPolicy?, refusal: String?,
@@ -164,7 +198,17 @@ final class Session: @unchecked Sendable {
     /// Answers one frame; false ends the session.
     private func serve(_ frame: Frame, fds: [FileDescriptor], fdsTruncated: Bool) -> Bool {
         reply.removeAll(keepingCapacity: true)
-        let outcome = answer(frame, fds: fds, fdsTruncated: fdsTruncated)
+        let started = ContinuousClock.now
+        let outcome = lock.withLock { _ -> (keepGoing: Bool, tookFD: Bool) in
+            guard revocation == nil else { return (false, false) }
+            return answer(frame, fds: fds, fdsTruncated: fdsTruncated)
+        }
+        if let command = lastCommand {
+            lastCommand = nil
+            let elapsed = (ContinuousClock.now - started).components
+            let nanoseconds = UInt64(max(0, elapsed.seconds)) &* 1_000_000_000 &+ UInt64(max(0, elapsed.attoseconds / 1_000_000_000))
+            env.metrics.decisionLatency(nanoseconds: nanoseconds, command: command)
+        }
         // Fds the request did not take are closed before the reply goes out, so a client that
         // sees the reply sees its fds gone too.
         if !outcome.tookFD {
@@ -328,6 +372,7 @@ final class Session: @unchecked Sendable {
             return Denial(.backendFailure, error.errno, "\(error)")
         }
         state.commit(plan)
+        count("attach", denial: nil)
         audit.record(.attachAllowed, "attached group \(group)", metadata: [AuditKey.group: "\(group)"])
         return nil
     }
@@ -375,6 +420,7 @@ final class Session: @unchecked Sendable {
         }
         state.commit(plan, memory: reference)
         env.stats.mapped(bytes: plan.bytes)
+        count("map", denial: nil)
         audit.record(
             .mapAllowed, "mapped \(plan.range)", metadata: metadata.merging(Audit.decisionMetadata(nil)) { $1 })
         succeed(header)
@@ -421,6 +467,7 @@ final class Session: @unchecked Sendable {
             fail(header, denial: failure, event: .unmapDenied, metadata: metadata)
             return
         }
+        count("unmap", denial: nil)
         audit.record(
             .unmapAllowed, "unmapped \(plan.entries.count) mapping(s)",
             metadata: metadata.merging(Audit.decisionMetadata(nil)) { $1 }.merging([
@@ -449,6 +496,10 @@ final class Session: @unchecked Sendable {
         }
         let released = UnmapPlan(entries: done)
         env.stats.unmapped(count: done.count, bytes: released.bytes)
+        if !done.isEmpty {
+            env.metrics.setMappings(env.stats.mappingCount)
+            env.metrics.setMappedBytes(env.stats.mappedBytes.load(ordering: .relaxed))
+        }
         for (_, mapping) in state.commit(released) {
             if let handle = mapping.memory?.handle, let fd = memory.removeValue(forKey: handle) { try? fd.close() }
         }
@@ -493,6 +544,14 @@ final class Session: @unchecked Sendable {
         ReplyEncoder.success(to: header, payload: Array(DecisionReport.json(denial).rendered.utf8) + [0], into: &reply)
     }
 
+    /// Counts a decided request in the metrics, and marks map and unmap for the latency histogram.
+    private func count(_ command: String, denial: Denial?) {
+        env.metrics.request(command: command, result: denial.map { .denied(reason: $0.code.rawValue) } ?? .allowed)
+        if command != "attach" { lastCommand = command }
+        env.metrics.setMappings(env.stats.mappingCount)
+        env.metrics.setMappedBytes(env.stats.mappedBytes.load(ordering: .relaxed))
+    }
+
     // MARK: Replies
 
     private func succeed(_ header: MessageHeader) {
@@ -501,8 +560,17 @@ final class Session: @unchecked Sendable {
     }
 
     private func fail(_ header: MessageHeader, denial: Denial, event: AuditEvent, metadata: Logger.Metadata) {
-        audit.record(
-            event, denial.reason, level: .warning, metadata: metadata.merging(Audit.decisionMetadata(denial)) { $1 })
+        switch event {
+        case .mapDenied: count("map", denial: denial)
+        case .unmapDenied: count("unmap", denial: denial)
+        case .attachDenied: count("attach", denial: denial)
+        default: break
+        }
+        let fields = metadata.merging(Audit.decisionMetadata(denial)) { $1 }
+        audit.record(event, denial.reason, level: .warning, metadata: fields)
+        if event == .mapDenied {
+            env.events.publish(AdminEvent("DMA_MAP_DENIED", Audit.eventData(logger.handler.metadata.merging(fields) { $1 })))
+        }
         reply.removeAll(keepingCapacity: true)
         // Errors are answered even when the command asked for no reply, so that none is lost.
         ReplyEncoder.error(
@@ -536,9 +604,15 @@ final class Session: @unchecked Sendable {
     /// Unmaps everything from the backend, releases the groups and the memfds, and forgets
     /// the session. Runs however the session ended.
     private func finish() {
+        lock.withLock { _ in finishLocked() }
+    }
+
+    private func finishLocked() {
         let mappings = state.mappingCount
         let bytes = state.mappedBytes
         env.stats.unmapped(count: mappings, bytes: bytes)
+        env.metrics.setMappings(env.stats.mappingCount)
+        env.metrics.setMappedBytes(env.stats.mappedBytes.load(ordering: .relaxed))
         if let context {
             env.backend.destroyContext(context)
         }
@@ -555,6 +629,16 @@ final class Session: @unchecked Sendable {
                 AuditKey.group: .string(state.groups.map(String.init).joined(separator: ",")),
                 AuditKey.bytes: .string(Hex(bytes).description),
             ])
+        if refusal == nil {
+            env.events.publish(
+                AdminEvent(
+                    "TENANT_DISCONNECTED",
+                    [
+                        ("session", .uint(id.rawValue)), ("uid", .uint(UInt64(credentials.uid))),
+                        ("pid", .int(Int64(credentials.pid))), ("mappings", .int(Int64(mappings))),
+                        ("bytes", .uint(bytes)), ("reason", .string(revocation ?? "disconnected")),
+                    ]))
+        }
         state = TenantState()
     }
 
@@ -565,6 +649,123 @@ final class Session: @unchecked Sendable {
     }
 }
 
+/// A session as the admin plane lists it.
+public struct SessionSummary: Sendable {
+    public var id: SessionID
+    public var credentials: PeerCredentials
+    /// The [[tenant]] rule that admitted it; nil for a refused peer.
+    public var origin: String?
+    public var groups: [UInt32]
+    public var mappingCount: Int
+    public var mappedBytes: UInt64
+    public var openedAt: Date
+}
+
+/// One mapping as the admin plane lists it.
+public struct MappingSummary: Sendable {
+    public var session: SessionID
+    public var range: IOVARange
+    public var protection: DMAProtection
+    public var backed: Bool
+}
+
+/// A mapping the admin plane or a reload took away, with why.
+public struct Revocation: Sendable {
+    public var session: SessionID
+    public var credentials: PeerCredentials
+    public var groups: [UInt32]
+    public var range: IOVARange
+    public var denial: Denial
+}
+
+/// What revalidating one session did.
+struct SessionRevalidation: Sendable {
+    var revoked: [Revocation] = []
+    /// Set when the session as a whole was ended.
+    var ended: Denial?
+    var failures: [String] = []
+}
+
+// MARK: The admin plane's view of a session
+
+extension Session {
+    func summary() -> SessionSummary {
+        lock.withLock { _ in
+            SessionSummary(
+                id: id, credentials: credentials, origin: tenant?.origin, groups: state.groups,
+                mappingCount: state.mappingCount, mappedBytes: state.mappedBytes, openedAt: openedAt)
+        }
+    }
+
+    /// Mappings in address order, `limit` of them after skipping `offset`, and how many there are.
+    func mappings(offset: Int, limit: Int) -> (total: Int, page: [MappingSummary]) {
+        lock.withLock { _ in
+            var page: [MappingSummary] = []
+            var index = 0
+            if limit > 0, offset < state.mappingCount {
+                state.mappings.forEachOverlap(.all) { entry in
+                    defer { index += 1 }
+                    guard index >= offset else { return true }
+                    page.append(
+                        MappingSummary(
+                            session: id, range: entry.range, protection: entry.value.protection,
+                            backed: entry.value.memory?.handle ?? 0 != 0))
+                    return page.count < limit
+                }
+            }
+            return (state.mappingCount, page)
+        }
+    }
+
+    /// Checks the session against a new snapshot (already in the store) and unmaps what it no
+    /// longer allows. A session whose tenant rule or group is gone is revoked as a whole.
+    func revalidate(against snapshot: PolicySnapshot) -> SessionRevalidation {
+        let outcome = lock.withLock { _ -> SessionRevalidation in
+            var outcome = SessionRevalidation()
+            guard refusal == nil, revocation == nil else { return outcome }
+            let newTenant = snapshot.config.policy(uid: credentials.uid, gid: credentials.gid, daemonUID: env.daemonUID)
+            let result = PolicyEngine.revalidate(platform: snapshot.database, tenant: newTenant, state: state)
+            if let denial = result.sessionDenial {
+                outcome.ended = denial
+                let all = state.mappings.entries
+                outcome.revoked = all.map { revocation(of: $0.range, denial) }
+                if let failure = release(UnmapPlan(entries: all)) { outcome.failures.append(failure.reason) }
+                revocation = denial.reason
+                return outcome
+            }
+            tenant = newTenant
+            guard !result.revoked.isEmpty else { return outcome }
+            let plan = UnmapPlan(entries: result.revoked.map(\.entry))
+            if let failure = release(plan) { outcome.failures.append(failure.reason) }
+            // Only what is really gone from the state counts as revoked.
+            outcome.revoked = result.revoked.filter { !state.mappings.contains($0.entry.id) }.map {
+                revocation(of: $0.entry.range, $0.denial)
+            }
+            return outcome
+        }
+        if outcome.ended != nil { try? socket.shutdown(.both) }
+        return outcome
+    }
+
+    /// Unmaps everything and ends the session; its thread then releases the rest.
+    func revoke(reason: String) -> (revoked: [Revocation], failure: String?) {
+        let outcome = lock.withLock { _ -> (revoked: [Revocation], failure: String?) in
+            guard revocation == nil else { return ([], nil) }
+            let denial = Denial(.revoked, .EPERM, reason)
+            let all = state.mappings.entries
+            let failure = release(UnmapPlan(entries: all))
+            revocation = reason
+            return (all.filter { !state.mappings.contains($0.id) }.map { revocation(of: $0.range, denial) }, failure?.reason)
+        }
+        try? socket.shutdown(.both)
+        return outcome
+    }
+
+    private func revocation(of range: IOVARange, _ denial: Denial) -> Revocation {
+        Revocation(session: id, credentials: credentials, groups: state.groups, range: range, denial: denial)
+    }
+}
+
 extension Denial.Code {
     /// Another session holds the group.
     static let groupBusy = Denial.Code("group-busy")
@@ -572,6 +773,8 @@ extension Denial.Code {
     static let backendFailure = Denial.Code("backend-failure")
     /// The fd passed with DMA_MAP cannot back the mapping.
     static let badBacking = Denial.Code("bad-backing")
+    /// The admin plane revoked the session.
+    static let revoked = Denial.Code("revoked")
 }
 
 extension DeviceInfoPayload {

@@ -32,6 +32,7 @@ public final class PolicyStore: Sendable {
 
 public struct SessionID: Hashable, Sendable, Comparable, CustomStringConvertible {
     public let rawValue: UInt64
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
     public static func < (lhs: SessionID, rhs: SessionID) -> Bool { lhs.rawValue < rhs.rawValue }
     public var description: String { String(rawValue) }
 }
@@ -69,6 +70,8 @@ final class SessionTable: Sendable {
         var socket: UnixSocket
         /// Refused peers' sessions do not count toward their uid's limit.
         var counted: Bool
+        /// Set once the session is made, right after admission.
+        var session: Session?
     }
 
     private struct State {
@@ -98,9 +101,24 @@ final class SessionTable: Sendable {
             }
             let id = SessionID(rawValue: state.nextID)
             state.nextID += 1
-            state.entries[id] = Entry(credentials: credentials, socket: socket, counted: limit != nil)
+            state.entries[id] = Entry(credentials: credentials, socket: socket, counted: limit != nil, session: nil)
             return .admitted(id)
         }
+    }
+
+    func register(_ session: Session) {
+        state.withLock { $0.entries[session.id]?.session = session }
+    }
+
+    /// The live sessions of tenants (not refused peers), by id.
+    var tenantSessions: [Session] {
+        state.withLock { state in
+            state.entries.values.compactMap { $0.counted ? $0.session : nil }.sorted { $0.id < $1.id }
+        }
+    }
+
+    func session(_ id: SessionID) -> Session? {
+        state.withLock { $0.entries[id]?.session }
     }
 
     func remove(_ id: SessionID) {
@@ -128,6 +146,8 @@ final class SessionTable: Sendable {
 public final class DaemonStats: Sendable {
     let mappings = Atomic<Int>(0)
     let mappedBytes = Atomic<UInt64>(0)
+    /// Tenant sessions opened since start.
+    let sessionsTotal = Atomic<UInt64>(0)
 
     public init() {}
 

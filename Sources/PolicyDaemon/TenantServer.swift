@@ -23,7 +23,7 @@ public final class TenantServer: Service, Sendable {
     static let maximumRefusedSessions = 32
 
     private let listener: UnixSocket
-    private let env: SessionEnvironment
+    let env: SessionEnvironment
     private let logger: Logger
     private let sessionsDone = DispatchGroup()
     private let stopping = Atomic<Bool>(false)
@@ -32,15 +32,13 @@ public final class TenantServer: Service, Sendable {
     private let started = DispatchSemaphore(value: 0)
 
     public init(
-        listener: UnixSocket, store: PolicyStore, backend: any IOMMUBackend, logger: Logger,
-        limits: ProtocolLimits = ProtocolLimits(), daemonUID: UInt32, notifier: SystemdNotifier = SystemdNotifier()
+        listener: UnixSocket, environment: SessionEnvironment, logger: Logger,
+        notifier: SystemdNotifier = SystemdNotifier()
     ) {
         self.listener = listener
         self.logger = logger
         self.notifier = notifier
-        self.env = SessionEnvironment(
-            store: store, groups: GroupRegistry(), sessions: SessionTable(), backend: backend,
-            audit: Audit(logger: logger), daemonUID: daemonUID, limits: limits, stats: DaemonStats())
+        self.env = environment
     }
 
     public var sessionCount: Int { env.sessions.count }
@@ -147,14 +145,25 @@ public final class TenantServer: Service, Sendable {
         }
     }
 
-    private func admit(_ client: UnixSocket) {
+    /// Serves a connected socket the admin plane handed over (`add-client`) as a tenant
+    /// connection; nil when the server is stopping or the peer has no credentials.
+    func adopt(_ client: UnixSocket) -> SessionID? {
+        guard !stopping.load(ordering: .acquiring) else {
+            client.close()
+            return nil
+        }
+        return admit(client)
+    }
+
+    @discardableResult
+    private func admit(_ client: UnixSocket) -> SessionID? {
         let credentials: PeerCredentials
         do {
             credentials = try client.peerCredentials()
         } catch {
             logger.warning("SO_PEERCRED failed: \(error); closing the connection")
             client.close()
-            return
+            return nil
         }
         let snapshot = env.store.current
         let tenant = snapshot.config.policy(uid: credentials.uid, gid: credentials.gid, daemonUID: env.daemonUID)
@@ -172,7 +181,7 @@ public final class TenantServer: Service, Sendable {
                 refusal = "uid \(credentials.uid) already has \(current) session(s), the most max_sessions allows"
             case .closing:
                 client.close()
-                return
+                return nil
             }
         }
         if refusal != nil {
@@ -182,17 +191,17 @@ public final class TenantServer: Service, Sendable {
                     .sessionRefused, "\(refusal!); too many refused connections, closing at once", level: .warning,
                     metadata: peerMetadata(credentials))
                 client.close()
-                return
+                return nil
             }
             switch env.sessions.admit(credentials, socket: client, limit: nil) {
             case .admitted(let admitted): id = admitted
             default:
                 refusedInFlight.subtract(1, ordering: .relaxed)
                 client.close()
-                return
+                return nil
             }
         }
-        guard let id else { return }
+        guard let id else { return nil }
         let session = Session(
             id: id, socket: client, credentials: credentials, tenant: refusal == nil ? tenant : nil, refusal: refusal,
             env: env)
@@ -205,15 +214,31 @@ public final class TenantServer: Service, Sendable {
                 .sessionOpened, "session opened (\(tenant?.origin ?? ""))",
                 metadata: peerMetadata(credentials).merging([AuditKey.session: .string(id.description)]) { $1 })
         }
+        env.sessions.register(session)
+        if refusal == nil {
+            env.stats.sessionsTotal.add(1, ordering: .relaxed)
+            env.metrics.sessionStarted()
+            env.metrics.setSessions(env.sessions.tenantSessions.count)
+            env.events.publish(
+                AdminEvent(
+                    "TENANT_CONNECTED",
+                    [
+                        ("session", .uint(id.rawValue)), ("uid", .uint(UInt64(credentials.uid))),
+                        ("gid", .uint(UInt64(credentials.gid))), ("pid", .int(Int64(credentials.pid))),
+                        ("rule", .string(tenant?.origin ?? "")),
+                    ]))
+        }
         sessionsDone.enter()
         let refused = refusal != nil
         let thread = Thread { [self] in
             session.run()
+            if !refused { env.metrics.setSessions(env.sessions.tenantSessions.count) }
             if refused { refusedInFlight.subtract(1, ordering: .relaxed) }
             sessionsDone.leave()
         }
         thread.name = "tenant-\(id)"
         thread.start()
+        return id
     }
 
     static func milliseconds(_ duration: Duration) -> Int32 {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import DaemonMetrics
 import Foundation
 import IOMMUBackends
 import IOMMUCore
@@ -28,6 +29,23 @@ struct PolicyDaemonCommand: AsyncParsableCommand {
     var socketMode: String = "0660"
 
     @OptionGroup var platform: PlatformOptions
+
+    @Option(
+        name: .customLong("admin-socket"),
+        help: "The admin socket (QMP, root or the policy's [admin] only); none unless given or socket-activated.")
+    var adminSocket: String?
+
+    @Option(
+        name: .customLong("state-directory"),
+        help: "Where persistent runtime regions are kept (default: $STATE_DIRECTORY).")
+    var stateDirectory: String? = ProcessInfo.processInfo.environment["STATE_DIRECTORY"].flatMap {
+        $0.split(separator: ":").first.map(String.init)
+    }
+
+    @Option(
+        name: .customLong("metrics-textfile"),
+        help: "Write Prometheus metrics to this file every 10 s (for node_exporter's textfile collector).")
+    var metricsTextfile: String?
 
     @Option(help: "Where allowed mappings go: simulated.")
     var backend: String = "simulated"
@@ -93,8 +111,9 @@ struct PolicyDaemonCommand: AsyncParsableCommand {
         default: throw fatal(logger, "backend \"\(self.backend)\" is not available (available: simulated)")
         }
 
-        let listener: UnixSocket
         let passed = SocketActivation.passedSockets()
+        let listener: UnixSocket
+        var adminListener: UnixSocket?
         if passed.isEmpty {
             let path = socket ?? Self.defaultSocketPath()
             do {
@@ -103,34 +122,74 @@ struct PolicyDaemonCommand: AsyncParsableCommand {
                 throw fatal(logger, "cannot listen on \(path): \(error)")
             }
             logger.notice("serving tenants on \(path)")
+            if let adminSocket {
+                do {
+                    adminListener = try UnixSocket.listen(path: adminSocket, mode: 0o600)
+                } catch {
+                    throw fatal(logger, "cannot listen on \(adminSocket): \(error)")
+                }
+                logger.notice("serving the admin plane on \(adminSocket)")
+            }
         } else {
             // Socket activation: systemd owns the sockets and keeps them across restarts.
             guard let tenant = passed.first(where: { $0.name == "tenant" }) ?? (passed.count == 1 ? passed.first : nil)
             else {
                 throw fatal(logger, "socket activation passed \(passed.map(\.name)) but no socket named \"tenant\"")
             }
-            guard SocketActivation.isListeningUnixStream(tenant.fd) else {
-                throw fatal(
-                    logger,
-                    "the socket-activated fd \(tenant.fd) (\(tenant.name)) is not a listening Unix stream socket")
+            for socket in passed where socket == tenant || socket.name == "admin" {
+                guard SocketActivation.isListeningUnixStream(socket.fd) else {
+                    throw fatal(
+                        logger,
+                        "the socket-activated fd \(socket.fd) (\(socket.name)) is not a listening Unix stream socket")
+                }
             }
             listener = UnixSocket(fd: FileDescriptor(rawValue: tenant.fd))
-            for other in passed where other != tenant {
-                // The admin socket is served by the admin plane, which is not here yet; keep it
-                // open so systemd does not see it closed.
-                logger.notice("socket-activated fd \(other.fd) named \"\(other.name)\" is not served yet")
-            }
             logger.notice("serving tenants on the socket-activated fd \(tenant.fd) (\(tenant.name))")
+            if let admin = passed.first(where: { $0.name == "admin" && $0 != tenant }) {
+                adminListener = UnixSocket(fd: FileDescriptor(rawValue: admin.fd))
+                logger.notice("serving the admin plane on the socket-activated fd \(admin.fd) (admin)")
+            }
+            for other in passed where other != tenant && other.name != "admin" {
+                // Kept open, so systemd does not see it closed, but not served.
+                logger.warning("socket-activated fd \(other.fd) named \"\(other.name)\" is not a socket this daemon serves")
+            }
         }
         defer {
-            // Only a socket we bound is ours to remove.
-            if passed.isEmpty { unlink(socket ?? Self.defaultSocketPath()) }
+            // Only sockets we bound are ours to remove.
+            if passed.isEmpty {
+                unlink(socket ?? Self.defaultSocketPath())
+                if let adminSocket { unlink(adminSocket) }
+            }
         }
-        let hangup = Self.handleHangup(logger)
+
+        let environment = SessionEnvironment(
+            store: PolicyStore(PolicySnapshot(database: loaded.database, config: loaded.config)), backend: backend,
+            logger: logger, daemonUID: getuid(), metrics: DaemonMetrics())
+        let configPath = platform.config
+        let control = DaemonControl(
+            environment: environment, initial: loaded,
+            loader: { PlatformLoader.load(source, configPath: configPath) },
+            stateFile: stateDirectory.map { $0 + "/runtime-regions.json" }, logger: logger)
+        for problem in control.loadPersistentRegions() { logger.warning("\(problem)") }
+        let hangup = Self.handleHangup(control, logger)
         defer { hangup.cancel() }
-        let server = TenantServer(
-            listener: listener, store: PolicyStore(PolicySnapshot(database: loaded.database, config: loaded.config)),
-            backend: backend, logger: logger, daemonUID: getuid())
+        let server = TenantServer(listener: listener, environment: environment, logger: logger)
+        let admin = adminListener.map {
+            AdminServer(listener: $0, control: control, tenants: server, logger: logger, version: Self.version)
+        }
+        // The admin socket accepts before READY=1, which the tenant server sends.
+        admin?.start()
+        defer { admin?.stop() }
+        let exporter = TextfileExporter(metrics: environment.metrics)
+        if let metricsTextfile {
+            do {
+                try exporter.start(path: metricsTextfile) { error in logger.warning("metrics textfile: \(error)") }
+            } catch {
+                throw fatal(logger, "--metrics-textfile: \(error)")
+            }
+        }
+        defer { try? exporter.stop() }
+
         logger.notice("\(backend.name) backend, \(loaded.database.groups.count) IOMMU group(s)")
         let group = ServiceGroup(
             configuration: .init(
@@ -138,16 +197,19 @@ struct PolicyDaemonCommand: AsyncParsableCommand {
         try await group.run()
     }
 
-    /// SIGHUP (systemd's ExecReload) must not kill the daemon. Live reload with revalidation
-    /// belongs to the admin plane, which is not here yet; until then a reload changes nothing
-    /// and says so.
-    static func handleHangup(_ logger: Logger) -> any DispatchSourceSignal {
+    /// The daemon's version, as the admin greeting and `package` report it.
+    static let version = (major: 0, minor: 1, micro: 0)
+
+    /// SIGHUP (systemd's ExecReload): reload with revalidation, reported to systemd.
+    static func handleHangup(_ control: DaemonControl, _ logger: Logger) -> any DispatchSourceSignal {
         signal(SIGHUP, SIG_IGN)
         let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
         source.setEventHandler {
             let notifier = SystemdNotifier()
             notifier.reloading()
-            logger.notice("SIGHUP: live reload is not available yet; the running policy is unchanged")
+            if case .failure(let error) = control.reload(trigger: "SIGHUP") {
+                logger.error("SIGHUP: \(error)")
+            }
             notifier.send("READY=1")
         }
         source.resume()

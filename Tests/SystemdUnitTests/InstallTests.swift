@@ -13,6 +13,7 @@ struct InstallTests {
         "usr/lib/sysusers.d/iommu-policyd.conf", "usr/lib/tmpfiles.d/iommu-policyd.conf",
         "usr/lib/systemd/catalog/iommu-policyd.catalog",
         "usr/share/doc/iommu-policyd/README.md", "usr/share/doc/iommu-policyd/PROTOCOL.md",
+        "usr/share/doc/iommu-policyd/ADMIN.md",
         "etc/iommu-policyd/policy.toml",
     ]
 

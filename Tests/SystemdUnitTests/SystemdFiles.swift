@@ -25,6 +25,14 @@ enum SystemdFiles {
         "unmap-denied": "30c6125eb4484683acea414d3a10d6dc",
         "explain": "e2f89bebff76436ab34a4140f7b27f3d",
         "protocol-error": "adeff1aad2b34632b752bca385c3d926",
+        "mapping-revoked": "e5e6007faa76403fb93e28177af77efd",
+        "policy-reloaded": "b498e1b9a50f4b5f991b6f7fa488567d",
+        "reload-failed": "1b08d329f21940d090661476c7f70730",
+        "region-added": "43a94f832546487cb380f33787434e2b",
+        "region-removed": "c35f351b82044e9eb647e5f465b0751d",
+        "admin-opened": "14171b346e13420ba0695df8cb572700",
+        "admin-refused": "48248025131b4821bdb5fffb66c8aa71",
+        "admin-closed": "fb9dd566fdae417bbe694c6fd1288c95",
     ]
 
     static func text(_ relative: String) throws -> String {
