@@ -6,6 +6,9 @@ APT_PACKAGES := libstdc++-12-dev libsystemd-dev pkg-config
 # The tests run the real systemd tools: systemd-analyze, systemd-socket-activate,
 # systemd-journald and journalctl (all in Debian's systemd package), and make for `make install`.
 TEST_APT_PACKAGES := $(APT_PACKAGES) systemd make
+# The admin-socket tests use the real QMP client (qemu.qmp, which also installs qmp-shell)
+# and parse the metrics with prometheus_client: python module:PyPI package.
+TEST_PYTHON_PACKAGES := qemu.qmp:qemu.qmp prometheus_client:prometheus_client
 
 # Where `make install` puts things. DESTDIR is prepended to every path (for packaging); the
 # installed units and catalog name the paths without it.
@@ -44,6 +47,7 @@ run: deps
 
 test:
 	@scripts/ensure-packages $(TEST_APT_PACKAGES)
+	@scripts/ensure-python-packages $(TEST_PYTHON_PACKAGES)
 	$(SWIFT) test
 
 lint:

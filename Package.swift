@@ -150,7 +150,8 @@ let package = Package(
         .testTarget(
             name: "PolicyDaemonTests",
             dependencies: [
-                "iommu-policyd", "iommu-policyctl", "PolicyClient", "UnixSockets", "VFIOUserWire", "TestSupport",
+                "iommu-policyd", "iommu-policyctl", "PolicyClient", "PolicyDaemon", "UnixSockets", "VFIOUserWire",
+                "TestSupport",
             ]
         ),
     ],

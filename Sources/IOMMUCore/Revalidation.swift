@@ -48,7 +48,8 @@ extension PolicyEngine {
         // Regions in listing order, so each mapping is charged to the region `conflict` would name.
         var charged: [IntervalTree<Mapping>.ID: (entry: IntervalTree<Mapping>.Entry, denial: Denial)] = [:]
         for group in state.groups {
-            for region in platform.regions(group: group) ?? [] where region.kind.blocksMapping(relaxable: tenant.relaxable) {
+            for region in platform.regions(group: group) ?? []
+            where region.kind.blocksMapping(relaxable: tenant.relaxable) {
                 for entry in state.mappings.overlapping(region.range) where charged[entry.id] == nil {
                     charged[entry.id] = (
                         entry, Denial(.reservedRegion, .EINVAL, "overlaps \(region)", conflict: Conflict(region))

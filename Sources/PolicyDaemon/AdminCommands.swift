@@ -71,7 +71,9 @@ enum AdminCommands {
             guard !name.isEmpty, !name.first!.isNumber else {
                 throw QMPError.generic("Parameter 'fdname' must be a name that does not start with a digit")
             }
-            guard let fd = connection.takeQueuedFD() else { throw QMPError.generic("No file descriptor supplied via SCM_RIGHTS") }
+            guard let fd = connection.takeQueuedFD() else {
+                throw QMPError.generic("No file descriptor supplied via SCM_RIGHTS")
+            }
             if let old = connection.namedFDs.updateValue(fd, forKey: name) { try? old.close() }
             return [:]
         },
@@ -87,7 +89,9 @@ enum AdminCommands {
             let name = try arguments.string("fdname")
             let proto = try arguments.optionalString("protocol") ?? "vfio-user"
             guard proto == "vfio-user" else { throw QMPError.generic("Parameter 'protocol' must be \"vfio-user\"") }
-            guard let fd = connection.namedFDs[name] else { throw QMPError.generic("File descriptor named '\(name)' not found") }
+            guard let fd = connection.namedFDs[name] else {
+                throw QMPError.generic("File descriptor named '\(name)' not found")
+            }
             let socket = UnixSocket(fd: fd)
             guard (try? socket.peerCredentials()) != nil else {
                 throw QMPError.generic("the fd named '\(name)' is not a connected Unix stream socket")
@@ -273,7 +277,8 @@ enum AdminCommands {
         }
         let outcome = connection.control.addRegion(
             kind: kind, range: range, group: try arguments.optionalUInt32("group"),
-            comment: try arguments.optionalString("comment"), persistent: try arguments.optionalBool("persist") ?? false,
+            comment: try arguments.optionalString("comment"),
+            persistent: try arguments.optionalBool("persist") ?? false,
             connection: connection.id)
         switch outcome {
         case .success(let (added, change)):

@@ -206,7 +206,8 @@ final class Session: @unchecked Sendable {
         if let command = lastCommand {
             lastCommand = nil
             let elapsed = (ContinuousClock.now - started).components
-            let nanoseconds = UInt64(max(0, elapsed.seconds)) &* 1_000_000_000 &+ UInt64(max(0, elapsed.attoseconds / 1_000_000_000))
+            let nanoseconds =
+                UInt64(max(0, elapsed.seconds)) &* 1_000_000_000 &+ UInt64(max(0, elapsed.attoseconds / 1_000_000_000))
             env.metrics.decisionLatency(nanoseconds: nanoseconds, command: command)
         }
         // Fds the request did not take are closed before the reply goes out, so a client that
@@ -569,7 +570,8 @@ final class Session: @unchecked Sendable {
         let fields = metadata.merging(Audit.decisionMetadata(denial)) { $1 }
         audit.record(event, denial.reason, level: .warning, metadata: fields)
         if event == .mapDenied {
-            env.events.publish(AdminEvent("DMA_MAP_DENIED", Audit.eventData(logger.handler.metadata.merging(fields) { $1 })))
+            env.events.publish(
+                AdminEvent("DMA_MAP_DENIED", Audit.eventData(logger.handler.metadata.merging(fields) { $1 })))
         }
         reply.removeAll(keepingCapacity: true)
         // Errors are answered even when the command asked for no reply, so that none is lost.
@@ -755,7 +757,9 @@ extension Session {
             let all = state.mappings.entries
             let failure = release(UnmapPlan(entries: all))
             revocation = reason
-            return (all.filter { !state.mappings.contains($0.id) }.map { revocation(of: $0.range, denial) }, failure?.reason)
+            return (
+                all.filter { !state.mappings.contains($0.id) }.map { revocation(of: $0.range, denial) }, failure?.reason
+            )
         }
         try? socket.shutdown(.both)
         return outcome

@@ -36,6 +36,11 @@ struct PolicyDaemonCommand: AsyncParsableCommand {
     var adminSocket: String?
 
     @Option(
+        name: .customLong("admin-socket-mode"),
+        help: "The admin socket's file mode, in octal: 0660 lets the socket's group in, for [admin] gids.")
+    var adminSocketMode: String = "0600"
+
+    @Option(
         name: .customLong("state-directory"),
         help: "Where persistent runtime regions are kept (default: $STATE_DIRECTORY).")
     var stateDirectory: String? = ProcessInfo.processInfo.environment["STATE_DIRECTORY"].flatMap {
@@ -71,6 +76,9 @@ struct PolicyDaemonCommand: AsyncParsableCommand {
         }
         guard UInt32(socketMode, radix: 8) != nil else {
             throw ValidationError("--socket-mode must be octal, such as 0660")
+        }
+        guard UInt32(adminSocketMode, radix: 8) != nil else {
+            throw ValidationError("--admin-socket-mode must be octal, such as 0600")
         }
     }
 
@@ -124,7 +132,8 @@ struct PolicyDaemonCommand: AsyncParsableCommand {
             logger.notice("serving tenants on \(path)")
             if let adminSocket {
                 do {
-                    adminListener = try UnixSocket.listen(path: adminSocket, mode: 0o600)
+                    adminListener = try UnixSocket.listen(
+                        path: adminSocket, mode: UInt32(adminSocketMode, radix: 8) ?? 0o600)
                 } catch {
                     throw fatal(logger, "cannot listen on \(adminSocket): \(error)")
                 }
@@ -151,7 +160,8 @@ struct PolicyDaemonCommand: AsyncParsableCommand {
             }
             for other in passed where other != tenant && other.name != "admin" {
                 // Kept open, so systemd does not see it closed, but not served.
-                logger.warning("socket-activated fd \(other.fd) named \"\(other.name)\" is not a socket this daemon serves")
+                logger.warning(
+                    "socket-activated fd \(other.fd) named \"\(other.name)\" is not a socket this daemon serves")
             }
         }
         defer {

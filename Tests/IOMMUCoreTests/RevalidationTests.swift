@@ -84,7 +84,8 @@ import Testing
         let state = session([(0x1000, 0x1000)])
         var db = Fixture.platform
         db.removeGroup(Fixture.plain)
-        #expect(PolicyEngine.revalidate(platform: db, tenant: tenant, state: state).sessionDenial?.code == .unknownGroup)
+        #expect(
+            PolicyEngine.revalidate(platform: db, tenant: tenant, state: state).sessionDenial?.code == .unknownGroup)
         #expect(
             PolicyEngine.revalidate(platform: Fixture.platform, tenant: nil, state: state).sessionDenial?.code
                 == .notATenant)

@@ -127,7 +127,13 @@ final class NotifyListener {
         try client.map(iova: 0x4000_0000, size: 0x1000)
         let logText = { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
         #expect(logText().contains("socket-activated fd 3 (tenant)"))
-        #expect(logText().contains("named \"admin\""))
+        #expect(logText().contains("serving the admin plane on the socket-activated fd 4 (admin)"))
+        // The admin fd is served too: it greets in QMP.
+        let adminClient = try UnixSocket.connect(path: admin)
+        defer { adminClient.close() }
+        var greeting = [UInt8](repeating: 0, count: 512)
+        let count = try greeting.withUnsafeMutableBytes { try adminClient.receive(into: $0, maxFDs: 0).count }
+        #expect(String(decoding: greeting[..<count], as: UTF8.self).hasPrefix("{\"QMP\":"))
         #expect(!FileManager.default.fileExists(atPath: directory.path + "/iommu-policyd.sock"))
 
         // Kill the daemon; the loop starts it again on the same listening fds.

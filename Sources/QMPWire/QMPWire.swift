@@ -1,1 +1,0 @@
-// QMP framing; see docs/ADMIN.md.
