@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .executable(name: "iommu-policyctl", targets: ["iommu-policyctl"]),
         .executable(name: "iommu-policyd", targets: ["iommu-policyd"]),
+        .executable(name: "iommu-policyd-bench", targets: ["iommu-policyd-bench"]),
         .library(name: "PolicyClient", targets: ["PolicyClient"]),
         .library(name: "IOMMUCore", targets: ["IOMMUCore"]),
         .library(name: "PlatformDiscovery", targets: ["PlatformDiscovery"]),
@@ -105,6 +106,15 @@ let package = Package(
                 "UnixSockets",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        // Benchmarks: the request path against a C echo baseline, decision cost, memory,
+        // start-up and fairness (docs/PERFORMANCE.md).
+        .executableTarget(
+            name: "iommu-policyd-bench",
+            dependencies: [
+                "IOMMUCore", "PlatformDiscovery", "PolicyClient", "UnixSockets", "VFIOUserWire",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // Seeded randomness, processes and temporary directories for the test targets.

@@ -1,0 +1,1 @@
+print("iommu-policyd-bench: not yet")
