@@ -175,10 +175,8 @@ final class AdminConnection: @unchecked Sendable {
                 if errno == EINTR { continue }
                 return
             }
-            if polls.count > 1, polls[1].revents != 0, let subscription {
-                for event in subscription.drain() {
-                    guard send(Self.render(event)) else { return }
-                }
+            if polls.count > 1, polls[1].revents != 0 {
+                guard sendQueuedEvents() else { return }
             }
             guard polls[0].revents != 0 else { continue }
             let received: ReceiveResult
@@ -207,9 +205,18 @@ final class AdminConnection: @unchecked Sendable {
                 case .value(let bytes):
                     reply = handle(bytes)
                 }
-                guard send(reply) else { return }
+                // Events a command caused (a reload's MAPPING_REVOKED) go out before its reply.
+                guard sendQueuedEvents(), send(reply) else { return }
             }
         }
+    }
+
+    private func sendQueuedEvents() -> Bool {
+        guard let subscription else { return true }
+        for event in subscription.drain() {
+            guard send(Self.render(event)) else { return false }
+        }
+        return true
     }
 
     private func send(_ bytes: [UInt8]) -> Bool {

@@ -85,3 +85,95 @@ final class RawQMP {
         #expect(admin.object(reply)?["id"] as? Int == 7)
     }
 }
+
+/// A tiny machine root for discovery: IOMMU groups and PCI devices with BARs.
+struct MachineRoot {
+    let root: String
+
+    func write(_ path: String, _ text: String) throws {
+        let url = URL(fileURLWithPath: root).appendingPathComponent(path)
+        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try Data(text.utf8).write(to: url)
+    }
+
+    func link(_ path: String, to target: String) throws {
+        let url = URL(fileURLWithPath: root).appendingPathComponent(path)
+        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: url.path, withDestinationPath: target)
+    }
+
+    static func hex(_ value: UInt64) -> String {
+        let digits = String(value, radix: 16)
+        return "0x" + String(repeating: "0", count: 16 - digits.count) + digits
+    }
+
+    /// A group with the x86 MSI window, as the kernel lists it.
+    func group(_ id: UInt32) throws {
+        let dir = "sys/kernel/iommu_groups/\(id)"
+        try write("\(dir)/reserved_regions", "\(Self.hex(0xfee0_0000)) \(Self.hex(0xfeef_ffff)) msi\n")
+        try write("\(dir)/type", "DMA\n")
+        try FileManager.default.createDirectory(atPath: "\(root)/\(dir)/devices", withIntermediateDirectories: true)
+    }
+
+    /// An endpoint in `group` with one memory BAR.
+    func device(_ bdf: String, group: UInt32, bar: ClosedRange<UInt64>) throws {
+        let dir = "sys/bus/pci/devices/\(bdf)"
+        try write("\(dir)/class", "0x020000\n")
+        try write("\(dir)/vendor", "0x8086\n")
+        try write("\(dir)/device", "0x1234\n")
+        try link("\(dir)/iommu_group", to: "../../../../kernel/iommu_groups/\(group)")
+        try link("sys/kernel/iommu_groups/\(group)/devices/\(bdf)", to: "../../../../devices/pci0000:00/\(bdf)")
+        var lines = ["\(Self.hex(bar.lowerBound)) \(Self.hex(bar.upperBound)) \(Self.hex(0x40200))"]
+        lines += Array(repeating: "\(Self.hex(0)) \(Self.hex(0)) \(Self.hex(0))", count: 12)
+        try write("\(dir)/resource", lines.joined(separator: "\n") + "\n")
+        try FileManager.default.createFile(atPath: "\(root)/\(dir)/config", contents: Data(count: 64))
+    }
+}
+
+extension AdminPlaneTests {
+    /// A device hot-plugged into the tenant's group brings a BAR over one of its mappings, and a
+    /// new group: the reload revokes exactly that mapping and the new group can be attached.
+    @Test func aReloadAfterAHotPlugRevokesTheMappingUnderTheNewBarAndAddsTheNewGroup() throws {
+        let directory = try TemporaryDirectory(prefix: "policyd-hotplug")
+        let machine = MachineRoot(root: directory.path + "/root")
+        try machine.group(0)
+        try machine.device("0000:00:02.0", group: 0, bar: 0xc000_0000...0xc000_ffff)
+        let adminPath = directory.path + "/admin.sock"
+        let daemon = try DaemonProcess(arguments: ["--sysfs-root", machine.root, "--admin-socket", adminPath])
+        let admin = try RawQMP(path: adminPath)
+        try admin.send(#"{"execute":"qmp_capabilities"}"#)
+        _ = try admin.line()
+
+        let tenant = try daemon.client()
+        try tenant.attach(group: 0)
+        try tenant.map(iova: 0x4000_0000, size: 0x1000)
+        try tenant.map(iova: 0x8000_0000, size: 0x2000)
+
+        // Hot plug: a second device in group 0 with a BAR over the second mapping, and group 1.
+        try machine.device("0000:00:03.0", group: 0, bar: 0x8000_1000...0x8000_1fff)
+        try machine.group(1)
+        try machine.device("0000:00:04.0", group: 1, bar: 0xd000_0000...0xd000_0fff)
+        try admin.send(#"{"execute":"reload","id":"r"}"#)
+        var revoked: [[String: Any]] = []
+        var reply: [String: Any]?
+        while reply == nil {
+            let message = try #require(admin.object(try admin.line()))
+            if message["event"] as? String == "MAPPING_REVOKED" { revoked.append(message["data"] as? [String: Any] ?? [:]) }
+            if message["id"] as? String == "r" { reply = message }
+        }
+        #expect((reply?["return"] as? [String: Any])?["revoked"] as? Int == 1, "\(String(describing: reply))")
+        #expect(revoked.count == 1)
+        #expect(revoked.first?["dma-iova"] as? String == "0x80000000")
+        #expect(revoked.first?["region-kind"] as? String == "peer-mmio")
+
+        // The other mapping is untouched: mapping over it again is EEXIST, and its range still
+        // cannot be unmapped partially; the revoked one is free to map again elsewhere.
+        #expect(throws: (any Error).self) { try tenant.map(iova: 0x4000_0000, size: 0x1000) }
+        try tenant.unmap(iova: 0x4000_0000, size: 0x1000)
+        #expect(throws: (any Error).self) { try tenant.map(iova: 0x8000_1000, size: 0x1000) }
+        // The new group exists for a second tenant.
+        let second = try daemon.client()
+        try second.attach(group: 1)
+        try second.map(iova: 0x4000_0000, size: 0x1000)
+    }
+}
