@@ -158,7 +158,9 @@ extension AdminPlaneTests {
         var reply: [String: Any]?
         while reply == nil {
             let message = try #require(admin.object(try admin.line()))
-            if message["event"] as? String == "MAPPING_REVOKED" { revoked.append(message["data"] as? [String: Any] ?? [:]) }
+            if message["event"] as? String == "MAPPING_REVOKED" {
+                revoked.append(message["data"] as? [String: Any] ?? [:])
+            }
             if message["id"] as? String == "r" { reply = message }
         }
         #expect((reply?["return"] as? [String: Any])?["revoked"] as? Int == 1, "\(String(describing: reply))")
