@@ -76,8 +76,14 @@ public protocol IOMMUBackend: AnyObject, Sendable {
 
     /// Maps `range` to `memory` (a handle and the offset of the range's first byte) with
     /// `protection`. Nothing is left mapped when it throws.
+    ///
+    /// `backing` is the file behind the memory (the tenant's memfd), open for the duration of
+    /// the call: a kernel backend maps it into the daemon (MAP_SHARED, at `memory.offset`) to
+    /// hand the kernel a virtual address, and keeps that mapping until the range is unmapped.
+    /// The simulated IOMMU needs only the handle.
     func map(
-        _ range: IOVARange, memory: MemoryReference, protection: DMAProtection, in context: BackendContextID
+        _ range: IOVARange, memory: MemoryReference, backing: BackingFile?, protection: DMAProtection,
+        in context: BackendContextID
     ) throws(BackendError)
 
     /// Unmaps exactly `range` (which the caller guarantees covers whole mappings); returns bytes
@@ -92,7 +98,23 @@ public protocol IOMMUBackend: AnyObject, Sendable {
     func platformChanged(_ platform: PlatformDatabase)
 }
 
+/// The open file behind a mapping's memory, by its raw descriptor.
+public struct BackingFile: Hashable, Sendable {
+    public var fd: Int32
+
+    public init(fd: Int32) {
+        self.fd = fd
+    }
+}
+
 extension IOMMUBackend {
+    /// A map with no file behind it (tests, and the simulated IOMMU's own callers).
+    public func map(
+        _ range: IOVARange, memory: MemoryReference, protection: DMAProtection, in context: BackendContextID
+    ) throws(BackendError) {
+        try map(range, memory: memory, backing: nil, protection: protection, in: context)
+    }
+
     /// Backends that find groups when they are attached (the kernel's) have nothing to do.
     public func platformChanged(_ platform: PlatformDatabase) {}
 }

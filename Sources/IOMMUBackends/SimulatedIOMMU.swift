@@ -137,7 +137,8 @@ public final class SimulatedIOMMU: IOMMUBackend {
     }
 
     public func map(
-        _ range: IOVARange, memory: MemoryReference, protection: DMAProtection, in context: BackendContextID
+        _ range: IOVARange, memory: MemoryReference, backing: BackingFile?, protection: DMAProtection,
+        in context: BackendContextID
     ) throws(BackendError) {
         try state.withLock { state throws(BackendError) in
             try state.map(range, memory: memory, protection: protection, in: context)

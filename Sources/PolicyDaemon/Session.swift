@@ -411,7 +411,9 @@ final class Session: @unchecked Sendable {
         }
         guard let context else { return deny(Denial(.noGroupAttached, .EINVAL, "no IOMMU group is attached")) }
         do {
-            try env.backend.map(plan.range, memory: reference, protection: plan.protection, in: context)
+            try env.backend.map(
+                plan.range, memory: reference, backing: fd.map { BackingFile(fd: $0.rawValue) },
+                protection: plan.protection, in: context)
         } catch {
             return deny(Denial(.backendFailure, error.errno, "\(error)"))
         }
