@@ -201,7 +201,7 @@ final class AdminConnection: @unchecked Sendable {
                 let reply: [UInt8]
                 switch next {
                 case .error(let framing):
-                    reply = QMPMessage.error(.genericError, "JSON parse error: \(framing)", id: nil)
+                    reply = QMPMessage.error(.genericError, "\(framing)", id: nil)
                 case .value(let bytes):
                     reply = handle(bytes)
                 }
@@ -239,8 +239,14 @@ final class AdminConnection: @unchecked Sendable {
             guard !negotiated else {
                 return request.errorReply(.commandNotFound("qmp_capabilities"))
             }
-            do {
+            do throws(QMPError) {
                 try request.arguments.rejectUnknown(allowing: ["enable"])
+                // The greeting offers no capabilities, so none can be enabled (as QEMU answers).
+                if case .array(let wanted)? = request.arguments["enable"], let first = wanted.first {
+                    let name: String
+                    if case .string(let text) = first { name = text } else { name = first.jsonText }
+                    throw QMPError.generic("Capability '\(name)' not available")
+                }
             } catch {
                 return request.errorReply(error)
             }
@@ -285,6 +291,7 @@ extension QMPValue {
         case .uint(let value): self = .uint(value)
         case .bool(let value): self = .bool(value)
         case .groups(let groups): self = .array(groups.map { .uint(UInt64($0)) })
+        case .strings(let strings): self = .array(strings.map { .string($0) })
         }
     }
 

@@ -146,7 +146,7 @@ public final class DaemonControl: Sendable {
                     [
                         ("trigger", .string(trigger)), ("revoked", .int(Int64(change.revoked.count))),
                         ("sessions-ended", .int(Int64(change.endedSessions.count))),
-                        ("diagnostics", .int(Int64(change.diagnostics.count))),
+                        ("diagnostics", .strings(change.diagnostics.map(\.description))),
                     ]))
         case .failure(let error):
             audit.record(
@@ -300,7 +300,8 @@ public final class DaemonControl: Sendable {
                 AuditKey.pid: .string(String(revocation.credentials.pid)),
                 AuditKey.group: .string(revocation.groups.map(String.init).joined(separator: ",")),
                 AuditKey.iova: .string(Hex(revocation.range.first).description),
-                AuditKey.size: .string(Hex(revocation.range.sizeMinusOne + 1).description),
+                AuditKey.size: .string(Hex(revocation.range.sizeMinusOne &+ 1).description),
+                AuditKey.flags: .string(String(revocation.protection.rawValue)),
                 "revoke.cause": .string(cause),
             ].merging(Audit.decisionMetadata(revocation.denial)) { $1 }
             audit.record(

@@ -10,6 +10,7 @@ public enum EventField: Sendable, Equatable {
     case uint(UInt64)
     case bool(Bool)
     case groups([UInt32])
+    case strings([String])
 }
 
 /// An event for the admin plane: a QMP event's name and data, stamped when it happened.
@@ -121,7 +122,8 @@ public final class EventSubscription: Sendable {
     }
 
     /// Takes every queued event. When events were dropped since the last drain, an
-    /// `EVENTS_DROPPED` event with their count comes first.
+    /// `EVENTS_DROPPED` event with their count follows the queued ones: the dropped events
+    /// came after them.
     public func drain() -> [AdminEvent] {
         var sink = [UInt8](repeating: 0, count: 256)
         while read(wakeFD, &sink, sink.count) > 0 {}
@@ -133,6 +135,7 @@ public final class EventSubscription: Sendable {
             return (events, dropped)
         }
         guard dropped > 0 else { return events }
-        return [AdminEvent("EVENTS_DROPPED", [("count", .int(Int64(dropped)))])] + events
+        // The queue keeps the oldest events and refuses newer ones, so the loss comes after them.
+        return events + [AdminEvent("EVENTS_DROPPED", [("count", .int(Int64(dropped)))])]
     }
 }

@@ -679,6 +679,7 @@ public struct Revocation: Sendable {
     public var credentials: PeerCredentials
     public var groups: [UInt32]
     public var range: IOVARange
+    public var protection: DMAProtection
     public var denial: Denial
 }
 
@@ -732,7 +733,7 @@ extension Session {
             if let denial = result.sessionDenial {
                 outcome.ended = denial
                 let all = state.mappings.entries
-                outcome.revoked = all.map { revocation(of: $0.range, denial) }
+                outcome.revoked = all.map { revocation(of: $0, denial) }
                 if let failure = release(UnmapPlan(entries: all)) { outcome.failures.append(failure.reason) }
                 revocation = denial.reason
                 return outcome
@@ -743,7 +744,7 @@ extension Session {
             if let failure = release(plan) { outcome.failures.append(failure.reason) }
             // Only what is really gone from the state counts as revoked.
             outcome.revoked = result.revoked.filter { !state.mappings.contains($0.entry.id) }.map {
-                revocation(of: $0.entry.range, $0.denial)
+                revocation(of: $0.entry, $0.denial)
             }
             return outcome
         }
@@ -760,15 +761,17 @@ extension Session {
             let failure = release(UnmapPlan(entries: all))
             revocation = reason
             return (
-                all.filter { !state.mappings.contains($0.id) }.map { revocation(of: $0.range, denial) }, failure?.reason
+                all.filter { !state.mappings.contains($0.id) }.map { revocation(of: $0, denial) }, failure?.reason
             )
         }
         try? socket.shutdown(.both)
         return outcome
     }
 
-    private func revocation(of range: IOVARange, _ denial: Denial) -> Revocation {
-        Revocation(session: id, credentials: credentials, groups: state.groups, range: range, denial: denial)
+    private func revocation(of entry: IntervalTree<Mapping>.Entry, _ denial: Denial) -> Revocation {
+        Revocation(
+            session: id, credentials: credentials, groups: state.groups, range: entry.range,
+            protection: entry.value.protection, denial: denial)
     }
 }
 

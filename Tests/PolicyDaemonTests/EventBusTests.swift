@@ -24,7 +24,7 @@ import Testing
         #expect(subscription.drain().isEmpty)
     }
 
-    @Test func aFullQueueDropsAndReportsTheCountFirstOnTheNextDrain() throws {
+    @Test func aFullQueueDropsAndReportsTheCountAfterTheEventsItKept() throws {
         var counted = 0
         let counter = Mutex(0)
         let bus = EventBus(onDrop: { counter.withLock { $0 += 1 } })
@@ -35,9 +35,9 @@ import Testing
         #expect(counted == 7)
         #expect(bus.droppedCount == 7)
         let drained = slow.drain()
-        #expect(drained.first?.name == "EVENTS_DROPPED")
-        #expect(drained.first?["count"] == .int(7))
-        #expect(drained.dropFirst().map { $0["index"] } == [.int(0), .int(1), .int(2)])
+        #expect(drained.last?.name == "EVENTS_DROPPED")
+        #expect(drained.last?["count"] == .int(7))
+        #expect(drained.dropLast().map { $0["index"] } == [.int(0), .int(1), .int(2)])
         // The other subscriber lost nothing; the drop count is per subscriber and resets.
         #expect(fast.drain().count == 10)
         bus.publish(event(10))
