@@ -52,6 +52,14 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]),
         .target(name: "CLinuxShim"),
+        // The VFIO type1 and iommufd ioctls, with the iommufd structs Debian 12's headers lack.
+        .target(name: "CVFIO"),
+        // The kernel backends: VFIO type1 containers and iommufd IOAS, behind IOMMUBackend.
+        .target(
+            name: "KernelBackends",
+            dependencies: [
+                "CVFIO", "IOMMUCore", "IOMMUBackends", .product(name: "SystemPackage", package: "swift-system"),
+            ]),
         // The thin Swift edge over Unix stream sockets, fd passing, memfds.
         .target(
             name: "UnixSockets",
@@ -108,6 +116,14 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        // The test client the VM rig runs inside a QEMU guest (Tests/vm).
+        .executableTarget(
+            name: "iommu-vm-guest",
+            dependencies: [
+                "CVFIO", "IOMMUCore", "PolicyClient", "UnixSockets",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
         // Benchmarks: the request path against a C echo baseline, decision cost, memory,
         // start-up and fairness (docs/PERFORMANCE.md).
         .executableTarget(
@@ -141,6 +157,7 @@ let package = Package(
         ),
         .testTarget(name: "VFIOUserWireTests", dependencies: ["VFIOUserWire", "TestSupport"]),
         .testTarget(name: "QMPWireTests", dependencies: ["QMPWire", "TestSupport"]),
+        .testTarget(name: "KernelBackendsTests", dependencies: ["KernelBackends", "IOMMUBackends", "TestSupport"]),
         .testTarget(name: "DaemonMetricsTests", dependencies: ["DaemonMetrics"]),
         .testTarget(
             name: "UnixSocketsTests",

@@ -1,0 +1,1 @@
+print("iommu-vm-guest: not yet")
