@@ -96,6 +96,12 @@ public protocol IOMMUBackend: AnyObject, Sendable {
 
     /// The daemon re-ran discovery (a reload): new groups may exist.
     func platformChanged(_ platform: PlatformDatabase)
+
+    /// A new file descriptor for `device` (a PCI address such as `0000:00:03.0`) of a group
+    /// attached to `context`, for the tenant to drive the device with (regions, config space,
+    /// interrupts). The caller owns the fd. A VFIO device fd from VFIO_GROUP_GET_DEVICE_FD, or
+    /// the bound iommufd cdev.
+    func deviceFD(_ device: String, group: UInt32, in context: BackendContextID) throws(BackendError) -> Int32
 }
 
 /// The open file behind a mapping's memory, by its raw descriptor.
@@ -117,4 +123,9 @@ extension IOMMUBackend {
 
     /// Backends that find groups when they are attached (the kernel's) have nothing to do.
     public func platformChanged(_ platform: PlatformDatabase) {}
+
+    /// Backends without real devices have none to give.
+    public func deviceFD(_ device: String, group: UInt32, in context: BackendContextID) throws(BackendError) -> Int32 {
+        throw BackendError(.ENOSYS, operation: "\(name) device fd", detail: "the \(name) backend has no devices")
+    }
 }

@@ -18,6 +18,20 @@ public struct ErrnoCode: Hashable, Sendable, CustomStringConvertible {
     public static let ENOSPC = ErrnoCode(28, "ENOSPC")
     public static let ENOSYS = ErrnoCode(38, "ENOSYS")
     public static let EOVERFLOW = ErrnoCode(75, "EOVERFLOW")
+    public static let EIO = ErrnoCode(5, "EIO")
+    public static let EFAULT = ErrnoCode(14, "EFAULT")
+    public static let ENODEV = ErrnoCode(19, "ENODEV")
+    public static let EOPNOTSUPP = ErrnoCode(95, "EOPNOTSUPP")
+
+    /// An errno a kernel call returned: its usual Linux name when it is a common one.
+    public init(kernel rawValue: Int32) {
+        let names: [Int32: String] = [
+            1: "EPERM", 2: "ENOENT", 4: "EINTR", 5: "EIO", 6: "ENXIO", 9: "EBADF", 11: "EAGAIN", 12: "ENOMEM",
+            13: "EACCES", 14: "EFAULT", 16: "EBUSY", 17: "EEXIST", 19: "ENODEV", 22: "EINVAL", 24: "EMFILE",
+            25: "ENOTTY", 28: "ENOSPC", 34: "ERANGE", 38: "ENOSYS", 75: "EOVERFLOW", 95: "EOPNOTSUPP",
+        ]
+        self.init(rawValue, names[rawValue] ?? "errno \(rawValue)")
+    }
 
     public var description: String { name }
 }

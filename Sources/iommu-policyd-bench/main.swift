@@ -1,1 +1,0 @@
-print("iommu-policyd-bench: not yet")
