@@ -64,6 +64,8 @@ public final class PolicyClient {
     private var reader = FrameReader(maximumMessageSize: 1 << 24)
     private var buffer = [UInt8](repeating: 0, count: 65536)
     private var nextMessageID: UInt16 = 0
+    /// Fds that arrived with the reply being read.
+    private var receivedFDs: [FileDescriptor] = []
     /// The server's VERSION capabilities.
     public private(set) var serverCapabilities: [String: Any] = [:]
     public private(set) var serverVersion: (major: UInt16, minor: UInt16) = (0, 0)
@@ -83,7 +85,10 @@ public final class PolicyClient {
         }
     }
 
-    deinit { socket.close() }
+    deinit {
+        for fd in receivedFDs { try? fd.close() }
+        socket.close()
+    }
 
     public func close() { try? socket.shutdown(.both) }
 
@@ -178,8 +183,28 @@ public final class PolicyClient {
 
     // MARK: The exchange
 
+    /// A file descriptor for `device` (a PCI address) of an attached group (DEVICE_FD). The
+    /// caller owns it.
+    public func deviceFD(group: UInt32, device: String) throws -> FileDescriptor {
+        var payload: [UInt8] = []
+        DeviceFDPayload(group: group, device: device).encode(into: &payload)
+        let (_, fds) = try requestReturningFDs(.deviceFD, payload)
+        guard let fd = fds.first else { throw PolicyClientFailure(description: "DEVICE_FD reply carried no fd") }
+        for extra in fds.dropFirst() { try? extra.close() }
+        return fd
+    }
+
     /// Sends one command and returns its reply's payload, or throws the daemon's error.
     public func request(_ command: Command, _ payload: [UInt8], fds: [FileDescriptor] = []) throws -> [UInt8] {
+        let (reply, received) = try requestReturningFDs(command, payload, fds: fds)
+        for fd in received { try? fd.close() }
+        return reply
+    }
+
+    /// `request`, also returning the fds that came with the reply (the caller owns them).
+    public func requestReturningFDs(
+        _ command: Command, _ payload: [UInt8], fds: [FileDescriptor] = []
+    ) throws -> ([UInt8], [FileDescriptor]) {
         nextMessageID &+= 1
         let id = nextMessageID
         var message: [UInt8] = []
@@ -190,10 +215,14 @@ public final class PolicyClient {
         message += payload
         try send(message, fds: fds)
         let reply = try receiveFrame()
+        let received = receivedFDs
+        receivedFDs = []
         guard reply.header.messageID == id, reply.header.command == command.rawValue, reply.header.isReply else {
+            for fd in received { try? fd.close() }
             throw PolicyClientFailure(description: "reply does not match the request (id \(reply.header.messageID))")
         }
         if reply.header.isError {
+            for fd in received { try? fd.close() }
             var error = PolicyError(errno: Int32(bitPattern: reply.header.error))
             let text = Self.nulTerminatedString(Array(reply.payload))
             if let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] {
@@ -202,7 +231,7 @@ public final class PolicyClient {
             }
             throw error
         }
-        return Array(reply.payload)
+        return (Array(reply.payload), received)
     }
 
     /// Sends raw bytes (tests use this for malformed frames).
@@ -229,7 +258,7 @@ public final class PolicyClient {
             } catch {
                 throw PolicyClientFailure(description: "receive: \(error)")
             }
-            for fd in result.fds { try? fd.close() }
+            receivedFDs += result.fds
             guard result.count > 0 else { throw PolicyClientFailure(description: "the daemon closed the connection") }
             buffer.withUnsafeBytes { reader.append(UnsafeRawBufferPointer(rebasing: $0[..<result.count])) }
         }

@@ -28,6 +28,8 @@ public struct AuditEvent: Hashable, Sendable, CustomStringConvertible {
     public static let adminOpened = AuditEvent("admin-opened")
     public static let adminRefused = AuditEvent("admin-refused")
     public static let adminClosed = AuditEvent("admin-closed")
+    public static let deviceGiven = AuditEvent("device-given")
+    public static let deviceDenied = AuditEvent("device-denied")
 
     /// Every event kind, with its journal MESSAGE_ID: stable 128-bit ids (never change one;
     /// systemd/catalog/iommu-policyd.catalog explains each).
@@ -52,6 +54,8 @@ public struct AuditEvent: Hashable, Sendable, CustomStringConvertible {
         .adminOpened: "14171b346e13420ba0695df8cb572700",
         .adminRefused: "48248025131b4821bdb5fffb66c8aa71",
         .adminClosed: "fb9dd566fdae417bbe694c6fd1288c95",
+        .deviceGiven: "6b6ca3d1e8a54bd6a3e1b5f1d02c7a41",
+        .deviceDenied: "d3f6c0e2a9b84f0e8c1d7a5b4e3f2a19",
     ]
 
     public var messageID: String? { Self.messageIDs[self] }

@@ -86,6 +86,8 @@ final class Session: @unchecked Sendable {
     private var memory: [UInt64: FileDescriptor] = [:]
     private var nextMemoryHandle: UInt64 = 1
     private var reply: [UInt8] = []
+    /// Fds to send with the reply (DEVICE_FD).
+    private var replyFDs: [FileDescriptor] = []
     /// The map or unmap the request in hand was, for the latency histogram.
     private var lastCommand: String?
 
@@ -273,6 +275,8 @@ final class Session: @unchecked Sendable {
             queryRanges(frame.header)
         case .explain(let payload):
             explain(frame.header, payload)
+        case .deviceFD(let payload):
+            deviceFD(frame.header, payload)
         }
         return (true, false)
     }
@@ -286,8 +290,12 @@ final class Session: @unchecked Sendable {
     @discardableResult
     private func flush() -> Bool {
         guard !reply.isEmpty else { return true }
+        // A reply's fds are the daemon's copies: sent, then closed here either way.
+        let fds = replyFDs
+        replyFDs = []
+        defer { for fd in fds { try? fd.close() } }
         do {
-            try socket.sendAll(reply)
+            try socket.sendAll(reply, fds: fds)
             return true
         } catch {
             audit.record(.protocolError, "cannot send a reply: \(error); closing", level: .notice)
@@ -555,6 +563,35 @@ final class Session: @unchecked Sendable {
         env.metrics.setMappedBytes(env.stats.mappedBytes.load(ordering: .relaxed))
     }
 
+    /// Gives the tenant an fd for a device of a group it has attached, so it can drive the
+    /// device (regions, config space, interrupts) while the daemon keeps the IOMMU.
+    private func deviceFD(_ header: MessageHeader, _ payload: DeviceFDPayload) {
+        guard tenant != nil, let device = payload.device else { return }
+        let metadata: Logger.Metadata = [AuditKey.group: "\(payload.group)", "pci.device": .string(device)]
+        let snapshot = env.store.current
+        guard state.groups.contains(payload.group), let context else {
+            return fail(
+                header, denial: Denial(.groupNotAttached, .EPERM, "group \(payload.group) is not attached to this session"),
+                event: .deviceDenied, metadata: metadata)
+        }
+        guard snapshot.database.groups[payload.group]?.devices.contains(device) == true else {
+            return fail(
+                header, denial: Denial(.unknownDevice, .ENOENT, "group \(payload.group) has no device \(device)"),
+                event: .deviceDenied, metadata: metadata)
+        }
+        let fd: Int32
+        do {
+            fd = try env.backend.deviceFD(device, group: payload.group, in: context)
+        } catch {
+            return fail(
+                header, denial: Denial(.backendFailure, error.errno, "\(error)"), event: .deviceDenied, metadata: metadata)
+        }
+        replyFDs = [FileDescriptor(rawValue: fd)]
+        audit.record(.deviceGiven, "gave the tenant device \(device) of group \(payload.group)", metadata: metadata)
+        // Answered even when no reply was asked for: the reply is what carries the fd.
+        ReplyEncoder.success(to: header, payload: EmptyCollection<UInt8>(), into: &reply)
+    }
+
     // MARK: Replies
 
     private func succeed(_ header: MessageHeader) {
@@ -784,6 +821,10 @@ extension Denial.Code {
     static let badBacking = Denial.Code("bad-backing")
     /// The admin plane revoked the session.
     static let revoked = Denial.Code("revoked")
+    /// DEVICE_FD for a group the session has not attached.
+    static let groupNotAttached = Denial.Code("group-not-attached")
+    /// DEVICE_FD for a device the group does not have.
+    static let unknownDevice = Denial.Code("unknown-device")
 }
 
 extension DeviceInfoPayload {

@@ -77,6 +77,8 @@ public enum Command: UInt16, Sendable, CaseIterable, CustomStringConvertible {
     case queryRanges = 0x1002
     /// x-iommu-policyd: decide a DMA_MAP without performing it, and say why.
     case explain = 0x1003
+    /// x-iommu-policyd: a file descriptor for a device of an attached group.
+    case deviceFD = 0x1004
 
     /// The spec's name without the `VFIO_USER_` prefix, as the reasons and logs print it.
     public var description: String {
@@ -88,6 +90,7 @@ public enum Command: UInt16, Sendable, CaseIterable, CustomStringConvertible {
         case .attachGroup: "ATTACH_GROUP"
         case .queryRanges: "QUERY_RANGES"
         case .explain: "EXPLAIN"
+        case .deviceFD: "DEVICE_FD"
         }
     }
 }

@@ -189,6 +189,65 @@ public struct QueryRangesPayload: Hashable, Sendable {
     }
 }
 
+/// DEVICE_FD (x-iommu-policyd): `u32 argsz (32), u32 flags (0), u32 group, u32 pad (0),
+/// char device[16]`, the device's PCI address (`0000:00:03.0`), NUL-padded. The reply has no
+/// payload and carries the device's fd.
+public struct DeviceFDPayload: Hashable, Sendable {
+    public static let size = 32
+    public static let deviceFieldSize = 16
+
+    public var argsz: UInt32
+    public var flags: UInt32
+    public var group: UInt32
+    public var pad: UInt32
+    /// The 16 bytes of the device field as sent.
+    public var deviceField: [UInt8]
+
+    public init(argsz: UInt32 = UInt32(Self.size), flags: UInt32 = 0, group: UInt32, pad: UInt32 = 0, device: String) {
+        self.argsz = argsz
+        self.flags = flags
+        self.group = group
+        self.pad = pad
+        let bytes = Array(device.utf8.prefix(Self.deviceFieldSize))
+        deviceField = bytes + [UInt8](repeating: 0, count: Self.deviceFieldSize - bytes.count)
+    }
+
+    public init?(decoding bytes: some Collection<UInt8>) {
+        var reader = LittleEndianReader(bytes.makeIterator())
+        guard let argsz = reader.read(UInt32.self),
+            let flags = reader.read(UInt32.self),
+            let group = reader.read(UInt32.self),
+            let pad = reader.read(UInt32.self)
+        else { return nil }
+        let field = Array(bytes.dropFirst(16).prefix(Self.deviceFieldSize))
+        guard field.count == Self.deviceFieldSize else { return nil }
+        self.argsz = argsz
+        self.flags = flags
+        self.group = group
+        self.pad = pad
+        self.deviceField = field
+    }
+
+    /// The device name: the bytes before the first NUL, when they are printable ASCII and a
+    /// NUL follows them; nil otherwise.
+    public var device: String? {
+        guard let end = deviceField.firstIndex(of: 0), end > 0 else { return nil }
+        let name = deviceField[..<end]
+        guard name.allSatisfy({ $0 > 0x20 && $0 < 0x7f }), deviceField[end...].allSatisfy({ $0 == 0 }) else {
+            return nil
+        }
+        return String(decoding: name, as: UTF8.self)
+    }
+
+    public func encode(into buffer: inout [UInt8]) {
+        buffer.appendLittleEndian(argsz)
+        buffer.appendLittleEndian(flags)
+        buffer.appendLittleEndian(group)
+        buffer.appendLittleEndian(pad)
+        buffer += deviceField
+    }
+}
+
 /// VFIO_USER_VERSION's request and reply (vfio-user.rst, "VFIO_USER_VERSION"): u16 major,
 /// u16 minor, then optional version data, a NUL-terminated UTF-8 JSON object. The JSON is kept
 /// as bytes: the daemon parses it with a real JSON parser, and this module stays free of one.

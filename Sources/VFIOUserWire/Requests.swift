@@ -8,6 +8,7 @@ public enum Request: Sendable, Hashable {
     case attachGroup(AttachGroupPayload)
     case queryRanges(QueryRangesPayload)
     case explain(DMAMapPayload)
+    case deviceFD(DeviceFDPayload)
 
     public var command: Command {
         switch self {
@@ -18,6 +19,7 @@ public enum Request: Sendable, Hashable {
         case .attachGroup: .attachGroup
         case .queryRanges: .queryRanges
         case .explain: .explain
+        case .deviceFD: .deviceFD
         }
     }
 
@@ -31,6 +33,7 @@ public enum Request: Sendable, Hashable {
         case .attachGroup(let payload): payload.encode(into: &buffer)
         case .queryRanges(let payload): payload.encode(into: &buffer)
         case .explain(let payload): payload.encode(into: &buffer)
+        case .deviceFD(let payload): payload.encode(into: &buffer)
         }
     }
 }
@@ -100,6 +103,19 @@ public enum RequestDecoder {
                 return .failure(error)
             }
             return .success(.queryRanges(query))
+        case .deviceFD:
+            if let error = exactSize(command, payloadCount, DeviceFDPayload.size) { return .failure(error) }
+            let request = DeviceFDPayload(decoding: payload)!
+            if let error = exactArgsz(command, request.argsz, DeviceFDPayload.size)
+                ?? mustBeZero(command, "flags", request.flags) ?? mustBeZero(command, "pad", request.pad)
+            {
+                return .failure(error)
+            }
+            guard request.device != nil else {
+                return .failure(
+                    invalid("\(command) device must be a NUL-terminated PCI address in printable ASCII, NUL-padded"))
+            }
+            return .success(.deviceFD(request))
         }
     }
 

@@ -33,6 +33,8 @@ enum SystemdFiles {
         "admin-opened": "14171b346e13420ba0695df8cb572700",
         "admin-refused": "48248025131b4821bdb5fffb66c8aa71",
         "admin-closed": "fb9dd566fdae417bbe694c6fd1288c95",
+        "device-given": "6b6ca3d1e8a54bd6a3e1b5f1d02c7a41",
+        "device-denied": "d3f6c0e2a9b84f0e8c1d7a5b4e3f2a19",
     ]
 
     static func text(_ relative: String) throws -> String {

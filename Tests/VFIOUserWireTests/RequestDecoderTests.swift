@@ -12,6 +12,7 @@ func validPayload(_ command: Command) -> [UInt8] {
     case .deviceGetInfo: DeviceInfoPayload().encode(into: &bytes)
     case .attachGroup: AttachGroupPayload(group: 7).encode(into: &bytes)
     case .queryRanges: QueryRangesPayload().encode(into: &bytes)
+    case .deviceFD: DeviceFDPayload(group: 7, device: "0000:00:03.0").encode(into: &bytes)
     }
     return bytes
 }
@@ -78,7 +79,7 @@ struct RequestHeaderRuleTests {
         }
     }
 
-    @Test(arguments: [UInt16(0), 5, 6, 13, 18, 31, 0x1000, 0x1004, 0x7fff, 0xffff])
+    @Test(arguments: [UInt16(0), 5, 6, 13, 18, 31, 0x1000, 0x1005, 0x7fff, 0xffff])
     func unknownCommandsAreENOSYS(command: UInt16) {
         let result = decode(message(command: command, payload: validPayload(.dmaMap)))
         #expect(
@@ -110,7 +111,7 @@ struct RequestFDRuleTests {
         #expect(result == .failure(WireError(errno: einval, reason: "DMA_MAP carries at most one fd, got \(fds)")))
     }
 
-    @Test(arguments: [Command.version, .dmaUnmap, .deviceGetInfo, .attachGroup, .queryRanges, .explain])
+    @Test(arguments: [Command.version, .dmaUnmap, .deviceGetInfo, .attachGroup, .queryRanges, .explain, .deviceFD])
     func everyOtherCommandRefusesAnyFd(command: Command) {
         #expect(decode(command: command, payload: validPayload(command), fds: 0).success?.command == command)
         for fds in [1, 2] {
@@ -197,6 +198,7 @@ struct VersionRuleTests {
 struct FixedPayloadRuleTests {
     static let sizes: [(Command, Int)] = [
         (.dmaMap, 32), (.explain, 32), (.dmaUnmap, 24), (.deviceGetInfo, 16), (.attachGroup, 16), (.queryRanges, 8),
+        (.deviceFD, 32),
     ]
 
     @Test(arguments: sizes)
@@ -214,7 +216,9 @@ struct FixedPayloadRuleTests {
         }
     }
 
-    @Test(arguments: [(Command.dmaMap, 32), (.explain, 32), (.dmaUnmap, 24), (.attachGroup, 16), (.queryRanges, 8)])
+    @Test(arguments: [
+        (Command.dmaMap, 32), (.explain, 32), (.dmaUnmap, 24), (.attachGroup, 16), (.queryRanges, 8), (.deviceFD, 32),
+    ])
     func argszMustBeExactlyTheStructSize(command: Command, size: Int) {
         let exact = UInt32(size)
         for argsz in [exact - 1, exact + 1, 0, UInt32.max] {
@@ -277,6 +281,33 @@ struct FixedPayloadRuleTests {
                     == .failure(
                         WireError(
                             errno: einval, reason: "ATTACH_GROUP \(field) 0x\(String(value, radix: 16)) must be 0")))
+        }
+    }
+
+    @Test(arguments: [(4, "flags"), (12, "pad")])
+    func deviceFDReservedFieldsMustBeZero(offset: Int, field: String) {
+        let result = decode(command: .deviceFD, payload: setting(validPayload(.deviceFD), u32: 1, at: offset))
+        #expect(result == .failure(WireError(errno: einval, reason: "DEVICE_FD \(field) 0x1 must be 0")))
+    }
+
+    @Test func deviceFDNamesAPrintableNulTerminatedNulPaddedDevice() {
+        let valid = validPayload(.deviceFD)
+        #expect(
+            decode(command: .deviceFD, payload: valid).success
+                == .deviceFD(DeviceFDPayload(group: 7, device: "0000:00:03.0")))
+        var bad: [[UInt8]] = []
+        bad.append(Array(valid[..<16]) + [UInt8](repeating: 0, count: 16))  // empty
+        bad.append(Array(valid[..<16]) + [UInt8](repeating: 0x41, count: 16))  // no NUL
+        var gap = valid
+        gap[16 + 13] = 0x41  // a byte after the terminating NUL
+        bad.append(gap)
+        var control = valid
+        control[16] = 0x0a
+        bad.append(control)
+        for payload in bad {
+            #expect(
+                decode(command: .deviceFD, payload: payload).failure?.reason
+                    == "DEVICE_FD device must be a NUL-terminated PCI address in printable ASCII, NUL-padded")
         }
     }
 

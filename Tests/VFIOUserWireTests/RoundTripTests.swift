@@ -168,10 +168,11 @@ struct RoundTripTests {
     }
 
     @Test func commandNumbersAreTheSpecsAndExtensionsSitAt0x1000AndUp() {
-        #expect(Command.allCases.map(\.rawValue) == [1, 2, 3, 4, 0x1001, 0x1002, 0x1003])
+        #expect(Command.allCases.map(\.rawValue) == [1, 2, 3, 4, 0x1001, 0x1002, 0x1003, 0x1004])
         #expect(
             Command.allCases.map(\.description) == [
                 "VERSION", "DMA_MAP", "DMA_UNMAP", "DEVICE_GET_INFO", "ATTACH_GROUP", "QUERY_RANGES", "EXPLAIN",
+                "DEVICE_FD",
             ])
     }
 }
