@@ -571,7 +571,8 @@ final class Session: @unchecked Sendable {
         let snapshot = env.store.current
         guard state.groups.contains(payload.group), let context else {
             return fail(
-                header, denial: Denial(.groupNotAttached, .EPERM, "group \(payload.group) is not attached to this session"),
+                header,
+                denial: Denial(.groupNotAttached, .EPERM, "group \(payload.group) is not attached to this session"),
                 event: .deviceDenied, metadata: metadata)
         }
         guard snapshot.database.groups[payload.group]?.devices.contains(device) == true else {
@@ -584,7 +585,8 @@ final class Session: @unchecked Sendable {
             fd = try env.backend.deviceFD(device, group: payload.group, in: context)
         } catch {
             return fail(
-                header, denial: Denial(.backendFailure, error.errno, "\(error)"), event: .deviceDenied, metadata: metadata)
+                header, denial: Denial(.backendFailure, error.errno, "\(error)"), event: .deviceDenied,
+                metadata: metadata)
         }
         replyFDs = [FileDescriptor(rawValue: fd)]
         audit.record(.deviceGiven, "gave the tenant device \(device) of group \(payload.group)", metadata: metadata)
