@@ -276,9 +276,13 @@ public final class DaemonControl: Sendable {
     /// Swaps in the composed snapshot and revalidates every session. Called with the state
     /// lock held, so changes apply one at a time.
     private func apply(_ state: State) -> PolicyChange {
-        let (snapshot, diagnostics) = compose(state)
+        let (snapshot, diagnostics) = env.kernelRegions.withRegions { learned in
+            var (snapshot, diagnostics) = compose(state)
+            for region in learned { try? snapshot.database.addRegion(region) }
+            env.store.replace(with: snapshot)
+            return (snapshot, diagnostics)
+        }
         env.backend.platformChanged(snapshot.database)
-        env.store.replace(with: snapshot)
         var change = PolicyChange()
         change.diagnostics = diagnostics
         for session in env.sessions.tenantSessions {

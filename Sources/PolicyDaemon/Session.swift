@@ -21,6 +21,7 @@ public struct SessionEnvironment: Sendable {
     var stats: DaemonStats
     var events: EventBus
     public var metrics: DaemonMetrics
+    var kernelRegions: KernelRegionRegistry
 
     public init(
         store: PolicyStore, backend: any IOMMUBackend, logger: Logger, daemonUID: UInt32,
@@ -36,6 +37,7 @@ public struct SessionEnvironment: Sendable {
         self.stats = DaemonStats()
         self.events = EventBus(onDrop: { metrics.eventsDropped() })
         self.metrics = metrics
+        self.kernelRegions = KernelRegionRegistry()
     }
 }
 
@@ -375,7 +377,8 @@ final class Session: @unchecked Sendable {
                 context = try env.backend.createContext()
                 self.context = context
             }
-            _ = try env.backend.attach(group: group, to: context)
+            let info = try env.backend.attach(group: group, to: context)
+            reconcile(info, attaching: group, snapshot: snapshot, relaxable: tenant.relaxable)
         } catch {
             env.groups.release(group, from: id)
             return Denial(.backendFailure, error.errno, "\(error)")
@@ -384,6 +387,39 @@ final class Session: @unchecked Sendable {
         count("attach", denial: nil)
         audit.record(.attachAllowed, "attached group \(group)", metadata: [AuditKey.group: "\(group)"])
         return nil
+    }
+
+    /// Compares what the backend says the context can map with the database. Ranges only the
+    /// kernel refuses become regions of the group, so the daemon refuses them itself, with a
+    /// reason, and reports them in QUERY_RANGES; every disagreement is logged once per group.
+    private func reconcile(
+        _ info: BackendGroupInfo, attaching group: UInt32, snapshot: PolicySnapshot, relaxable: RelaxablePolicy
+    ) {
+        let groups = state.groups + [group]
+        let result = Reconciliation.compare(
+            kernelUsable: info.usableRanges,
+            databaseUsable: snapshot.database.usableRanges(groups: groups, relaxable: relaxable))
+        let source = "\(env.backend.name) backend: the kernel's IOVA ranges for group \(group)"
+        let first = env.kernelRegions.adopt(
+            result.kernelRegions(group: group, source: source), group: group, store: env.store)
+        guard first, !result.agrees else { return }
+        let metadata: Logger.Metadata = [
+            AuditKey.group: "\(group)",
+            "kernel.usable": .string(info.usableRanges.map(\.description).joined(separator: ",")),
+            "database.usable": .string(
+                snapshot.database.usableRanges(groups: groups, relaxable: relaxable).map(\.description)
+                    .joined(separator: ",")),
+        ]
+        if !result.kernelOnly.isEmpty {
+            logger.warning(
+                "\(env.backend.name) refuses ranges discovery did not find for group \(group): \(result.kernelOnly.map(\.description).joined(separator: ", ")); adopted as regions",
+                metadata: metadata)
+        }
+        if !result.databaseOnly.isEmpty {
+            logger.warning(
+                "the daemon refuses ranges \(env.backend.name) would map for group \(group): \(result.databaseOnly.map(\.description).joined(separator: ", ")) (peer BARs, bridge windows, policy)",
+                metadata: metadata)
+        }
     }
 
     private func map(_ header: MessageHeader, _ payload: DMAMapPayload, fd: FileDescriptor?) {

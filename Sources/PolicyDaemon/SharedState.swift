@@ -30,6 +30,42 @@ public final class PolicyStore: Sendable {
     }
 }
 
+/// Regions learned from the kernel at attach (reconciliation), by group, and which groups'
+/// disagreements were already reported. A reload keeps them: DaemonControl composes them into
+/// every new snapshot, under the same lock that adopts new ones, so none is lost in between.
+public final class KernelRegionRegistry: Sendable {
+    private struct State {
+        var regions: [UInt32: [ReservedRegion]] = [:]
+        var reported: Set<UInt32> = []
+    }
+
+    private let state = Mutex(State())
+
+    public init() {}
+
+    /// Adds `regions` for `group` to the registry and to the live snapshot. True the first time
+    /// `group` is seen, when its disagreements should be logged.
+    func adopt(_ regions: [ReservedRegion], group: UInt32, store: PolicyStore) -> Bool {
+        state.withLock { state in
+            let first = state.reported.insert(group).inserted
+            let known = Set(state.regions[group] ?? [])
+            let fresh = regions.filter { !known.contains($0) }
+            guard !fresh.isEmpty else { return first }
+            state.regions[group, default: []] += fresh
+            var snapshot = store.current
+            for region in fresh { try? snapshot.database.addRegion(region) }
+            store.replace(with: snapshot)
+            return first
+        }
+    }
+
+    /// Runs `body` with every learned region, holding the registry's lock so that no region is
+    /// adopted in between (for composing and swapping in a new snapshot).
+    func withRegions<T>(_ body: ([ReservedRegion]) -> T) -> T {
+        state.withLock { state in body(state.regions.values.flatMap { $0 }) }
+    }
+}
+
 public struct SessionID: Hashable, Sendable, Comparable, CustomStringConvertible {
     public let rawValue: UInt64
     public init(rawValue: UInt64) { self.rawValue = rawValue }

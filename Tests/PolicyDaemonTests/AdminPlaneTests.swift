@@ -179,3 +179,53 @@ extension AdminPlaneTests {
         try second.map(iova: 0x4000_0000, size: 0x1000)
     }
 }
+
+extension AdminPlaneTests {
+    /// The simulated IOMMU keeps the hardware it started with. When a reload's discovery no
+    /// longer lists a reserved range the hardware still refuses, the next attach reconciles:
+    /// the daemon adopts the range, refuses it itself with a reason naming the backend, and
+    /// logs both views once.
+    @Test func aRangeOnlyTheBackendRefusesIsAdoptedAtAttachAndRefusedByTheDaemon() throws {
+        let directory = try TemporaryDirectory(prefix: "policyd-reconcile")
+        let machine = MachineRoot(root: directory.path + "/root")
+        try machine.group(0)
+        let regions = "sys/kernel/iommu_groups/0/reserved_regions"
+        let msi = "\(MachineRoot.hex(0xfee0_0000)) \(MachineRoot.hex(0xfeef_ffff)) msi\n"
+        try machine.write(regions, msi + "\(MachineRoot.hex(0x7000_0000)) \(MachineRoot.hex(0x700f_ffff)) reserved\n")
+        try machine.device("0000:00:02.0", group: 0, bar: 0xc000_0000...0xc000_ffff)
+        let adminPath = directory.path + "/admin.sock"
+        let daemon = try DaemonProcess(arguments: ["--sysfs-root", machine.root, "--admin-socket", adminPath])
+
+        // Discovery now misses the reserved range; the hardware still has it.
+        try machine.write(regions, msi)
+        let admin = try RawQMP(path: adminPath)
+        try admin.send(#"{"execute":"qmp_capabilities"}"#)
+        _ = try admin.line()
+        try admin.send(#"{"execute":"reload","id":1}"#)
+        while admin.object(try admin.line())?["id"] == nil {}
+
+        let tenant = try daemon.client()
+        try tenant.attach(group: 0)
+        do {
+            try tenant.map(iova: 0x7000_0000, size: 0x1000)
+            Issue.record("the map into the range only the backend refuses was allowed")
+        } catch let error as PolicyError {
+            #expect(error.errno == EINVAL)
+            #expect(error.conflict?.source.contains("simulated backend: the kernel's IOVA ranges for group 0") == true)
+        }
+        let ranges = try tenant.ranges()
+        #expect(!ranges.usable.contains { $0.first <= 0x7000_0000 && 0x7000_0000 <= $0.last })
+        try daemon.eventually("the disagreement to be logged") {
+            daemon.log.contains("refuses ranges discovery did not find for group 0: 0x70000000-0x700fffff")
+        }
+        #expect(daemon.log.contains("the daemon refuses ranges simulated would map for group 0"))
+        // Logged once, though a second session attaches too.
+        tenant.close()
+        let second = try daemon.client()
+        try daemon.eventually("the first session to end") {
+            daemon.log.components(separatedBy: "session-closed").count >= 3
+        }
+        try second.attach(group: 0)
+        #expect(daemon.log.components(separatedBy: "refuses ranges discovery did not find").count == 2)
+    }
+}
