@@ -98,7 +98,7 @@ let package = Package(
             name: "iommu-policyd",
             dependencies: [
                 "PolicyDaemon", "PolicyCommandLine", "IOMMUBackends", "PlatformDiscovery", "UnixSockets", "SystemdSupport",
-                "DaemonMetrics",
+                "DaemonMetrics", "KernelBackends",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

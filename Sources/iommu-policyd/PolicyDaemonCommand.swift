@@ -3,6 +3,7 @@ import DaemonMetrics
 import Foundation
 import IOMMUBackends
 import IOMMUCore
+import KernelBackends
 import Logging
 import PlatformDiscovery
 import PolicyCommandLine
@@ -52,8 +53,15 @@ struct PolicyDaemonCommand: AsyncParsableCommand {
         help: "Write Prometheus metrics to this file every 10 s (for node_exporter's textfile collector).")
     var metricsTextfile: String?
 
-    @Option(help: "Where allowed mappings go: simulated.")
+    @Option(
+        help: """
+            Where allowed mappings go: simulated (the default), vfio (VFIO type1), iommufd, or auto \
+            (iommufd if /dev/iommu exists, else vfio if /dev/vfio/vfio exists, else simulated).
+            """)
     var backend: String = "simulated"
+
+    /// Where the kernel backends find /dev and /sys: the machine's root.
+    var kernelRoot: String { "/" }
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
@@ -114,9 +122,12 @@ struct PolicyDaemonCommand: AsyncParsableCommand {
         for diagnostic in loaded.diagnostics { logger.warning("\(diagnostic)") }
 
         let backend: any IOMMUBackend
-        switch self.backend {
-        case "simulated": backend = SimulatedIOMMU(platform: loaded.database)
-        default: throw fatal(logger, "backend \"\(self.backend)\" is not available (available: simulated)")
+        do {
+            let chosen = try KernelBackendSelection.make(self.backend, root: kernelRoot)
+            backend = chosen.backend ?? SimulatedIOMMU(platform: loaded.database)
+            logger.notice("backend: \(chosen.why)")
+        } catch {
+            throw fatal(logger, "--backend \(self.backend): \(error)")
         }
 
         let passed = SocketActivation.passedSockets()
