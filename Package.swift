@@ -120,7 +120,7 @@ let package = Package(
         .executableTarget(
             name: "iommu-vm-guest",
             dependencies: [
-                "CVFIO", "IOMMUCore", "PolicyClient", "UnixSockets",
+                "IOMMUCore", "PolicyClient", "UnixSockets",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
