@@ -79,9 +79,9 @@ struct EchoBaseline {
     }
 }
 
-/// A running `iommu-policyd` on the x86-intel profile (or a sysfs root), with a config that
-/// lifts the limits the bench would hit, readiness through a NOTIFY_SOCKET the bench owns, and
-/// stderr (the log, at `error`) in a file.
+/// A running `iommu-policyd` with the simulated backend on the x86-intel profile (or a sysfs
+/// root), with a config that lifts the limits the bench would hit, readiness through a
+/// NOTIFY_SOCKET the bench owns, and stderr (the log, at `error`) in a file.
 final class RunningDaemon: @unchecked Sendable {
     let process: ChildProcess
     let socketPath: String
@@ -106,7 +106,10 @@ final class RunningDaemon: @unchecked Sendable {
     ) throws {
         socketPath = "\(directory)/t.sock"
         logPath = "\(directory)/\(name).log"
-        var arguments = platform + ["--socket", socketPath, "--log-level", "error", "--log-target", "stderr"]
+        var arguments =
+            platform + [
+                "--backend", "simulated", "--socket", socketPath, "--log-level", "error", "--log-target", "stderr",
+            ]
         if let config {
             let path = "\(directory)/policy.toml"
             try config.write(toFile: path, atomically: true, encoding: .utf8)

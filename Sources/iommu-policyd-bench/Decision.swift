@@ -71,15 +71,16 @@ struct DecisionBenchmark {
         else { throw BenchFailure("cannot attach the bench group") }
         state.commit(attach)
 
-        var mapped: [UInt64] = []
-        mapped.reserveCapacity(sizes.max() ?? 0)
+        // Written in full before the RSS baseline, so that the RSS growth is TenantState's alone.
+        var mapped = [UInt64](repeating: 1, count: sizes.max() ?? 0)
+        var mappedCount = 0
         var slot = 0
         var results: [DecisionSize] = []
         let overhead = timerOverhead()
         let rssBefore = ProcFS.residentBytes(pid: getpid())
         var rssAfter: UInt64?
         for size in sizes {
-            while mapped.count < size {
+            while mappedCount < size {
                 defer { slot += 1 }
                 if slot % Self.regionEvery == 0 && slot / Self.regionEvery < reservedRegions { continue }
                 let start = Self.base + UInt64(slot) * Self.slot
@@ -89,11 +90,12 @@ struct DecisionBenchmark {
                 case .success(let plan): state.commit(plan)
                 case .failure(let denial): throw BenchFailure("filling the tenant state: \(denial.reason)")
                 }
-                mapped.append(start)
+                mapped[mappedCount] = start
+                mappedCount += 1
             }
             if size == sizes.max() { rssAfter = ProcFS.residentBytes(pid: getpid()) }
             var random = SplitMix(seed: UInt64(size))
-            let picks = (0..<samples).map { _ in mapped[Int(random.next() % UInt64(mapped.count))] }
+            let picks = (0..<samples).map { _ in mapped[Int(random.next() % UInt64(mappedCount))] }
             var sink: UInt64 = 0
 
             var mapTimes = [UInt64](repeating: 0, count: samples)

@@ -194,8 +194,9 @@ struct RoundTripBenchmark {
         pairsPerRoundTrip: Double
     ) throws -> RoundTripRun {
         let name = (program as NSString).lastPathComponent
-        // A short unmeasured run first, as the PolicyClient threads get their warm-up. (The C
-        // tenant warms up on groups of its own run, attached again below after it has gone.)
+        // A short unmeasured run first, as the PolicyClient threads get their warm-up. The C
+        // tenant gets none (it would need groups of its own): the PolicyClient run has just
+        // warmed the same daemon up.
         if extra.isEmpty {
             let warm = try ChildProcess(program, [socket, String(clients), String(max(warmUp, 0.05))] + extra)
             guard warm.wait() == 0 else { throw BenchFailure("\(name) warm-up failed") }
