@@ -62,7 +62,7 @@ public final class DaemonMetrics: Sendable {
 
     // Creating a swift-metrics handle looks its series up under the registry's lock, so the
     // hot path creates each one once and then finds it in these tables.
-    private let requests: Mutex<SeriesTable<RequestKey, RequestTally>>
+    private let requests: Mutex<SeriesTable<RequestKey, RequestCounter>>
     private let latency: Mutex<LatencyState>
     private let revocations: Mutex<SeriesTable<String, Counter>>
 
@@ -97,16 +97,18 @@ public final class DaemonMetrics: Sendable {
 
     /// Counts one tenant request and its outcome.
     public func request(command: String, result: Result) {
+        requestCounter(command: command, result: result).increment()
+    }
+
+    /// The counter of one (command, result) series, for a caller to keep and increment without
+    /// looking it up again: a session counts its requests with no lock shared with others.
+    public func requestCounter(command: String, result: Result) -> RequestCounter {
         let key = RequestKey(command: command, result: result)
-        let counter = requests.withLock { table in
+        return requests.withLock { table in
             table.update(key, overflow: key.overflow) { key in
-                RequestTally(counter: Counter(label: Name.requests, dimensions: key.dimensions, factory: self.factory))
-            } body: { tally in
-                tally.count += 1
-                return tally.counter
-            }
+                RequestCounter(counter: Counter(label: Name.requests, dimensions: key.dimensions, factory: self.factory))
+            } body: { $0 }
         }
-        counter.increment()
     }
 
     /// Records how long the policy engine took to decide one request.
@@ -166,10 +168,11 @@ public final class DaemonMetrics: Sendable {
         var snapshot = requests.withLock { table in
             var snapshot = StatsSnapshot()
             for (key, tally) in table.handles {
-                snapshot.requests += tally.count
+                let count = tally.count
+                snapshot.requests += count
                 switch key.result {
-                case .allowed: snapshot.allowed += tally.count
-                case .denied(let reason): snapshot.deniedByReason[reason, default: 0] += tally.count
+                case .allowed: snapshot.allowed += count
+                case .denied(let reason): snapshot.deniedByReason[reason, default: 0] += count
                 }
             }
             return snapshot
@@ -236,10 +239,22 @@ private struct RequestKey: Hashable {
     }
 }
 
-private struct RequestTally {
+/// One series of `iommu_policyd_requests_total`: the swift-metrics counter and the same number
+/// kept readable for `query-stats` (swift-metrics handles cannot be read). Both are atomic.
+public final class RequestCounter: Sendable {
     let counter: Counter
-    /// The same number the counter holds, kept here because swift-metrics handles cannot be read.
-    var count: UInt64 = 0
+    private let tally = Atomic<UInt64>(0)
+
+    init(counter: Counter) {
+        self.counter = counter
+    }
+
+    public func increment() {
+        tally.wrappingAdd(1, ordering: .relaxed)
+        counter.increment()
+    }
+
+    var count: UInt64 { tally.load(ordering: .relaxed) }
 }
 
 private struct LatencyState {

@@ -66,6 +66,11 @@ public final class PolicyClient {
     private var nextMessageID: UInt16 = 0
     /// Fds that arrived with the reply being read.
     private var receivedFDs: [FileDescriptor] = []
+    /// The last successful reply's fds, until `requestReturningFDs` takes them.
+    private var takenFDs: [FileDescriptor] = []
+    /// Reused for every request, so the hot path does not allocate them each time.
+    private var messageBuffer: [UInt8] = []
+    private var payloadBuffer: [UInt8] = []
     /// The server's VERSION capabilities.
     public private(set) var serverCapabilities: [String: Any] = [:]
     public private(set) var serverVersion: (major: UInt16, minor: UInt16) = (0, 0)
@@ -86,7 +91,7 @@ public final class PolicyClient {
     }
 
     deinit {
-        for fd in receivedFDs { try? fd.close() }
+        for fd in receivedFDs + takenFDs { try? fd.close() }
         socket.close()
     }
 
@@ -121,17 +126,17 @@ public final class PolicyClient {
     public func map(
         iova: UInt64, size: UInt64, flags: UInt32 = 3, memory: FileDescriptor? = nil, offset: UInt64 = 0
     ) throws {
-        var payload: [UInt8] = []
+        payloadBuffer.removeAll(keepingCapacity: true)
         DMAMapPayload(argsz: UInt32(DMAMapPayload.size), flags: flags, offset: offset, address: iova, size: size)
-            .encode(into: &payload)
-        _ = try request(.dmaMap, payload, fds: memory.map { [$0] } ?? [])
+            .encode(into: &payloadBuffer)
+        try exchange(.dmaMap, payloadBuffer, fds: memory.map { [$0] } ?? []) { _ in }
     }
 
     public func unmap(iova: UInt64, size: UInt64, flags: UInt32 = 0) throws {
-        var payload: [UInt8] = []
+        payloadBuffer.removeAll(keepingCapacity: true)
         DMAUnmapPayload(argsz: UInt32(DMAUnmapPayload.size), flags: flags, address: iova, size: size).encode(
-            into: &payload)
-        _ = try request(.dmaUnmap, payload)
+            into: &payloadBuffer)
+        try exchange(.dmaUnmap, payloadBuffer) { _ in }
     }
 
     /// VFIO's UNMAP_ALL (flag bit 1, address and size 0).
@@ -205,15 +210,30 @@ public final class PolicyClient {
     public func requestReturningFDs(
         _ command: Command, _ payload: [UInt8], fds: [FileDescriptor] = []
     ) throws -> ([UInt8], [FileDescriptor]) {
+        var result: ([UInt8], [FileDescriptor]) = ([], [])
+        try exchange(command, payload, fds: fds) { frame in
+            result.0 = Array(frame.payload)
+        }
+        result.1 = takenFDs
+        takenFDs = []
+        return result
+    }
+
+    /// Sends one command and hands its successful reply frame to `body` before the next read
+    /// reuses the buffers; the reply's fds are left in `takenFDs`. Map and unmap, the hot path,
+    /// copy nothing out of the reply.
+    private func exchange(
+        _ command: Command, _ payload: [UInt8], fds: [FileDescriptor] = [], _ body: (Frame) -> Void
+    ) throws {
         nextMessageID &+= 1
         let id = nextMessageID
-        var message: [UInt8] = []
+        messageBuffer.removeAll(keepingCapacity: true)
         MessageHeader(
             messageID: id, command: command.rawValue, messageSize: UInt32(MessageHeader.size + payload.count),
             flags: MessageHeader.typeCommand, error: 0
-        ).encode(into: &message)
-        message += payload
-        try send(message, fds: fds)
+        ).encode(into: &messageBuffer)
+        messageBuffer += payload
+        try send(messageBuffer, fds: fds)
         let reply = try receiveFrame()
         let received = receivedFDs
         receivedFDs = []
@@ -231,7 +251,9 @@ public final class PolicyClient {
             }
             throw error
         }
-        return (Array(reply.payload), received)
+        body(reply)
+        for fd in takenFDs { try? fd.close() }
+        takenFDs = received
     }
 
     /// Sends raw bytes (tests use this for malformed frames).

@@ -92,13 +92,18 @@ public struct Audit: Sendable {
 
     /// Writes one record. CODE_FILE, CODE_LINE and CODE_FUNC name the caller, where the
     /// decision was made, not this function.
+    ///
+    /// The message and metadata are built only when the level is logged: a daemon run at
+    /// `warning` does not pay for the per-mapping records it drops.
     public func record(
-        _ event: AuditEvent, _ message: String, level: Logger.Level = .info, metadata: Logger.Metadata = [:],
-        file: String = #fileID, function: String = #function, line: UInt = #line
+        _ event: AuditEvent, _ message: @autoclosure () -> String, level: Logger.Level = .info,
+        metadata: @autoclosure () -> Logger.Metadata = [:], file: String = #fileID, function: String = #function,
+        line: UInt = #line
     ) {
-        var metadata = metadata
-        metadata[AuditKey.event] = .string(event.name)
-        logger.log(level: level, "\(message)", metadata: metadata, file: file, function: function, line: line)
+        guard logger.logLevel <= level else { return }
+        var fields = metadata()
+        fields[AuditKey.event] = .string(event.name)
+        logger.log(level: level, "\(message())", metadata: fields, file: file, function: function, line: line)
     }
 
     /// The fields that describe a decision: allowed, or denied with its errno, reason and conflict.

@@ -92,6 +92,15 @@ final class Session: @unchecked Sendable {
     private var replyFDs: [FileDescriptor] = []
     /// The map or unmap the request in hand was, for the latency histogram.
     private var lastCommand: String?
+    /// The policy snapshot, re-read from the store only after a reload or region change.
+    private var snapshots = SnapshotCache()
+    /// This session's request counters, so counting takes no lock shared with other sessions.
+    private var counters: [CounterKey: RequestCounter] = [:]
+
+    private struct CounterKey: Hashable {
+        var command: String
+        var reason: String?
+    }
 
     init(
         id: SessionID, socket: UnixSocket, credentials: PeerCredentials, tenant: TenantPolicy?, refusal: String?,
@@ -244,7 +253,8 @@ final class Session: @unchecked Sendable {
             return (true, false)
         }
         let request: Request
-        switch RequestDecoder.decode(header: frame.header, payload: frame.payload, fdCount: fds.count) {
+        // The non-generic entry point: the decoder is specialised for frames inside its module.
+        switch RequestDecoder.decode(frame, fdCount: fds.count) {
         case .failure(let error):
             fail(frame.header, errno: error.errno, reason: error.reason, event: .protocolError)
             return (true, false)
@@ -329,7 +339,7 @@ final class Session: @unchecked Sendable {
         errorDetail = capabilities.errorDetail
         negotiated = true
         guard let tenant else { return }
-        let snapshot = env.store.current
+        let snapshot = snapshots.current(env.store)
         let offer = ServerCapabilities(
             maxDMAMaps: tenant.maxMappings, pageSizes: pageSizes(snapshot.database, tenant),
             maxDataTransfer: env.limits.maximumDataTransfer, errorDetail: capabilities.errorDetail)
@@ -352,7 +362,7 @@ final class Session: @unchecked Sendable {
 
     private func attach(_ header: MessageHeader, group: UInt32) {
         guard let tenant else { return }
-        if let denial = attachGroup(group, tenant: tenant, snapshot: env.store.current) {
+        if let denial = attachGroup(group, tenant: tenant, snapshot: snapshots.current(env.store)) {
             fail(header, denial: denial, event: .attachDenied, metadata: [AuditKey.group: "\(group)"])
             return
         }
@@ -427,20 +437,26 @@ final class Session: @unchecked Sendable {
             try? fd?.close()
             return
         }
-        let snapshot = env.store.current
-        var metadata: Logger.Metadata = [
-            AuditKey.iova: .string(Hex(payload.address).description),
-            AuditKey.size: .string(Hex(payload.size).description),
-            AuditKey.flags: .string(String(payload.flags)),
-        ]
+        let snapshot = snapshots.current(env.store)
+        // Built only when a record is written: the groups are the session's at that moment.
+        func metadata() -> Logger.Metadata {
+            var fields: Logger.Metadata = [
+                AuditKey.iova: .string(Hex(payload.address).description),
+                AuditKey.size: .string(Hex(payload.size).description),
+                AuditKey.flags: .string(String(payload.flags)),
+            ]
+            if !state.groups.isEmpty {
+                fields[AuditKey.group] = .string(state.groups.map(String.init).joined(separator: ","))
+            }
+            return fields
+        }
         func deny(_ denial: Denial) {
             try? fd?.close()
-            fail(header, denial: denial, event: .mapDenied, metadata: metadata)
+            fail(header, denial: denial, event: .mapDenied, metadata: metadata())
         }
         if state.groups.isEmpty, let sole = tenant.soleGroup(in: snapshot.database) {
             if let denial = attachGroup(sole, tenant: tenant, snapshot: snapshot) { return deny(denial) }
         }
-        metadata[AuditKey.group] = .string(state.groups.map(String.init).joined(separator: ","))
         let request = MapRequest(
             iova: payload.address, size: payload.size, flags: payload.flags, offset: payload.offset)
         let plan: MapPlan
@@ -469,7 +485,7 @@ final class Session: @unchecked Sendable {
         env.stats.mapped(bytes: plan.bytes)
         count("map", denial: nil)
         audit.record(
-            .mapAllowed, "mapped \(plan.range)", metadata: metadata.merging(Audit.decisionMetadata(nil)) { $1 })
+            .mapAllowed, "mapped \(plan.range)", metadata: metadata().merging(Audit.decisionMetadata(nil)) { $1 })
         succeed(header)
     }
 
@@ -495,29 +511,32 @@ final class Session: @unchecked Sendable {
 
     private func unmap(_ header: MessageHeader, _ payload: DMAUnmapPayload) {
         guard tenant != nil else { return }
-        let snapshot = env.store.current
-        let metadata: Logger.Metadata = [
-            AuditKey.iova: .string(Hex(payload.address).description),
-            AuditKey.size: .string(Hex(payload.size).description),
-            AuditKey.flags: .string(String(payload.flags)),
-            AuditKey.group: .string(state.groups.map(String.init).joined(separator: ",")),
-        ]
+        let snapshot = snapshots.current(env.store)
+        let groups = state.groups
+        func metadata() -> Logger.Metadata {
+            [
+                AuditKey.iova: .string(Hex(payload.address).description),
+                AuditKey.size: .string(Hex(payload.size).description),
+                AuditKey.flags: .string(String(payload.flags)),
+                AuditKey.group: .string(groups.map(String.init).joined(separator: ",")),
+            ]
+        }
         let request = UnmapRequest(iova: payload.address, size: payload.size, flags: payload.flags)
         let plan: UnmapPlan
         switch PolicyEngine.decideUnmap(request, platform: snapshot.database, state: state) {
         case .failure(let denial):
-            fail(header, denial: denial, event: .unmapDenied, metadata: metadata)
+            fail(header, denial: denial, event: .unmapDenied, metadata: metadata())
             return
         case .success(let decided): plan = decided
         }
         if let failure = release(plan) {
-            fail(header, denial: failure, event: .unmapDenied, metadata: metadata)
+            fail(header, denial: failure, event: .unmapDenied, metadata: metadata())
             return
         }
         count("unmap", denial: nil)
         audit.record(
             .unmapAllowed, "unmapped \(plan.entries.count) mapping(s)",
-            metadata: metadata.merging(Audit.decisionMetadata(nil)) { $1 }.merging([
+            metadata: metadata().merging(Audit.decisionMetadata(nil)) { $1 }.merging([
                 AuditKey.bytes: .string(Hex(plan.bytes).description)
             ]) { $1 })
         // vfio-user: the reply carries the request's DMA entry back.
@@ -555,7 +574,7 @@ final class Session: @unchecked Sendable {
 
     private func queryRanges(_ header: MessageHeader) {
         guard let tenant else { return }
-        let snapshot = env.store.current
+        let snapshot = snapshots.current(env.store)
         var groups = state.groups
         if groups.isEmpty, let sole = tenant.soleGroup(in: snapshot.database) { groups = [sole] }
         let report = RangesReport.json(groups: groups, database: snapshot.database, relaxable: tenant.relaxable)
@@ -564,7 +583,7 @@ final class Session: @unchecked Sendable {
 
     private func explain(_ header: MessageHeader, _ payload: DMAMapPayload) {
         guard let tenant else { return }
-        let snapshot = env.store.current
+        let snapshot = snapshots.current(env.store)
         var trial = state
         var denial: Denial?
         if trial.groups.isEmpty, let sole = tenant.soleGroup(in: snapshot.database) {
@@ -593,7 +612,16 @@ final class Session: @unchecked Sendable {
 
     /// Counts a decided request in the metrics, and marks map and unmap for the latency histogram.
     private func count(_ command: String, denial: Denial?) {
-        env.metrics.request(command: command, result: denial.map { .denied(reason: $0.code.rawValue) } ?? .allowed)
+        let reason = denial?.code.rawValue
+        let key = CounterKey(command: command, reason: reason)
+        if let counter = counters[key] {
+            counter.increment()
+        } else {
+            let counter = env.metrics.requestCounter(
+                command: command, result: reason.map { .denied(reason: $0) } ?? .allowed)
+            counters[key] = counter
+            counter.increment()
+        }
         if command != "attach" { lastCommand = command }
         env.metrics.setMappings(env.stats.mappingCount)
         env.metrics.setMappedBytes(env.stats.mappedBytes.load(ordering: .relaxed))
@@ -604,7 +632,7 @@ final class Session: @unchecked Sendable {
     private func deviceFD(_ header: MessageHeader, _ payload: DeviceFDPayload) {
         guard tenant != nil, let device = payload.device else { return }
         let metadata: Logger.Metadata = [AuditKey.group: "\(payload.group)", "pci.device": .string(device)]
-        let snapshot = env.store.current
+        let snapshot = snapshots.current(env.store)
         guard state.groups.contains(payload.group), let context else {
             return fail(
                 header,
@@ -644,9 +672,10 @@ final class Session: @unchecked Sendable {
         case .attachDenied: count("attach", denial: denial)
         default: break
         }
-        let fields = metadata.merging(Audit.decisionMetadata(denial)) { $1 }
-        audit.record(event, denial.reason, level: .warning, metadata: fields)
-        if event == .mapDenied {
+        audit.record(
+            event, denial.reason, level: .warning, metadata: metadata.merging(Audit.decisionMetadata(denial)) { $1 })
+        if event == .mapDenied, env.events.hasSubscribers {
+            let fields = metadata.merging(Audit.decisionMetadata(denial)) { $1 }
             env.events.publish(
                 AdminEvent("DMA_MAP_DENIED", Audit.eventData(logger.handler.metadata.merging(fields) { $1 })))
         }

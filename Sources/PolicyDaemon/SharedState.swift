@@ -17,6 +17,9 @@ public struct PolicySnapshot: Sendable {
 
 public final class PolicyStore: Sendable {
     private let state: Mutex<PolicySnapshot>
+    /// Bumped by every `replace`, after the new snapshot is in: a reader whose copy has the
+    /// current generation need not take the lock (see `SnapshotCache`).
+    private let generationCounter = Atomic<UInt64>(0)
 
     public init(_ snapshot: PolicySnapshot) {
         state = Mutex(snapshot)
@@ -25,8 +28,34 @@ public final class PolicyStore: Sendable {
     /// A consistent copy; the database and config are copy-on-write, so this is cheap.
     public var current: PolicySnapshot { state.withLock { $0 } }
 
+    public var generation: UInt64 { generationCounter.load(ordering: .acquiring) }
+
+    /// The snapshot and the generation it belongs to, read together.
+    func currentWithGeneration() -> (PolicySnapshot, UInt64) {
+        state.withLock { ($0, generationCounter.load(ordering: .relaxed)) }
+    }
+
     public func replace(with snapshot: PolicySnapshot) {
-        state.withLock { $0 = snapshot }
+        state.withLock {
+            $0 = snapshot
+            generationCounter.wrappingAdd(1, ordering: .releasing)
+        }
+    }
+}
+
+/// One session's copy of the store's snapshot, refreshed only when the generation moved: the
+/// request path reads one atomic instead of taking the lock every session shares. (On a
+/// single CPU, a lock that every request takes makes a convoy of the tenants' threads.)
+struct SnapshotCache {
+    private var snapshot: PolicySnapshot?
+    private var generation: UInt64 = 0
+
+    mutating func current(_ store: PolicyStore) -> PolicySnapshot {
+        if let snapshot, store.generation == generation { return snapshot }
+        let (fresh, freshGeneration) = store.currentWithGeneration()
+        snapshot = fresh
+        generation = freshGeneration
+        return fresh
     }
 }
 
