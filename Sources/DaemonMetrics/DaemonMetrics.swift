@@ -106,8 +106,11 @@ public final class DaemonMetrics: Sendable {
         let key = RequestKey(command: command, result: result)
         return requests.withLock { table in
             table.update(key, overflow: key.overflow) { key in
-                RequestCounter(counter: Counter(label: Name.requests, dimensions: key.dimensions, factory: self.factory))
-            } body: { $0 }
+                RequestCounter(
+                    counter: Counter(label: Name.requests, dimensions: key.dimensions, factory: self.factory))
+            } body: {
+                $0
+            }
         }
     }
 

@@ -9,7 +9,8 @@ import Foundation
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "iommu-policyd-bench",
-        abstract: "Benchmarks iommu-policyd: round trips against a C echo baseline, decision cost, memory, start-up, fairness.",
+        abstract:
+            "Benchmarks iommu-policyd: round trips against a C echo baseline, decision cost, memory, start-up, fairness.",
         discussion: """
             Run it as `swift build -c release --product iommu-policyd && swift run -c release iommu-policyd-bench`. \
             It starts the release iommu-policyd from its own build directory and compiles the C baseline \
@@ -37,7 +38,9 @@ struct Bench: ParsableCommand {
         help: "Client counts for the round-trip phase, comma-separated.",
         transform: { text in
             try text.split(separator: ",").map {
-                guard let count = Int($0), count > 0, count <= 32 else { throw ValidationError("client counts are 1 to 32") }
+                guard let count = Int($0), count > 0, count <= 32 else {
+                    throw ValidationError("client counts are 1 to 32")
+                }
                 return count
             }
         })
@@ -54,7 +57,8 @@ struct Bench: ParsableCommand {
 
     @Flag(
         name: .customLong("no-build"),
-        help: "Use the iommu-policyd beside this program as it is, without `swift build --product iommu-policyd` first.")
+        help: "Use the iommu-policyd beside this program as it is, without `swift build --product iommu-policyd` first."
+    )
     var noBuild = false
 
     @Flag(help: "Keep the scratch directory (daemon logs, generated sysfs tree).")
@@ -134,8 +138,10 @@ struct Bench: ParsableCommand {
         if selected.contains("startup") {
             let phaseStart = Date()
             defer { log("startup took \(format(Date().timeIntervalSince(phaseStart), 1)) s") }
-            report.startup = try StartupBenchmark(daemonBinary: daemonBinary, scratch: scratch.path, runs: short ? 1 : 7)
-                .run(log: log)
+            report.startup = try StartupBenchmark(
+                daemonBinary: daemonBinary, scratch: scratch.path, runs: short ? 1 : 7
+            )
+            .run(log: log)
         }
         if selected.contains("fairness") {
             let phaseStart = Date()
@@ -159,7 +165,9 @@ struct Bench: ParsableCommand {
         }
         report.busyAfter = ProcFS.busyFraction(over: 0.5)
         if report.busyAfter > 0.1 {
-            log("warning: the CPUs were \(format(report.busyAfter * 100, 0))% busy after the run: something else was running")
+            log(
+                "warning: the CPUs were \(format(report.busyAfter * 100, 0))% busy after the run: something else was running"
+            )
         }
         print(report.table())
         if let json {

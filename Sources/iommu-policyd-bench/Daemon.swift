@@ -36,8 +36,9 @@ struct Locations {
     static var revision: String {
         let output = NSTemporaryDirectory() + "iommu-policyd-bench-git-\(getpid())"
         defer { unlink(output) }
-        guard let git = try? ChildProcess(
-            "/usr/bin/env", ["git", "-C", packageRoot, "describe", "--always", "--dirty"], stdout: output),
+        guard
+            let git = try? ChildProcess(
+                "/usr/bin/env", ["git", "-C", packageRoot, "describe", "--always", "--dirty"], stdout: output),
             git.wait() == 0
         else { return "unknown" }
         return ((try? String(contentsOfFile: output, encoding: .utf8)) ?? "unknown")
@@ -45,7 +46,8 @@ struct Locations {
     }
 
     static var buildDirectory: String {
-        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+        let executable =
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
             ?? CommandLine.arguments[0]
         return (executable as NSString).deletingLastPathComponent
     }
@@ -117,8 +119,10 @@ final class RunningDaemon: @unchecked Sendable {
         }
         let notify = try NotifyListener(path: "\(directory)/notify.sock")
         var environment = ProcessInfo.processInfo.environment.filter {
-            !["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
-              "JOURNAL_STREAM", "RUNTIME_DIRECTORY", "STATE_DIRECTORY"].contains($0.key)
+            ![
+                "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
+                "JOURNAL_STREAM", "RUNTIME_DIRECTORY", "STATE_DIRECTORY",
+            ].contains($0.key)
         }
         environment["NOTIFY_SOCKET"] = notify.path
         guard FileManager.default.isExecutableFile(atPath: binary) else {

@@ -66,8 +66,9 @@ struct DecisionBenchmark {
         }
         let tenant = TenantPolicy(maxMappings: 1 << 30, maxBytes: .max, origin: "bench")
         var state = TenantState()
-        guard case .success(let attach) = PolicyEngine.decideAttach(
-            group: 0, platform: platform, tenant: tenant, state: state)
+        guard
+            case .success(let attach) = PolicyEngine.decideAttach(
+                group: 0, platform: platform, tenant: tenant, state: state)
         else { throw BenchFailure("cannot attach the bench group") }
         state.commit(attach)
 

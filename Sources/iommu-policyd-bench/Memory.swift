@@ -60,7 +60,9 @@ struct MemoryBenchmark {
         guard let after = ProcFS.residentBytes(pid: daemon.pid) else { throw BenchFailure("cannot read statm") }
         client.close()
         let perMapping = Double(Int64(after) - Int64(before)) / Double(count)
-        log("memory: \(count) mappings: \(format(perMapping)) bytes each, \(formatCount(Double(count) / elapsed)) maps/s")
+        log(
+            "memory: \(count) mappings: \(format(perMapping)) bytes each, \(formatCount(Double(count) / elapsed)) maps/s"
+        )
         return MemoryResult(
             mappings: count, targetMappings: Self.targetCount, rssBeforeBytes: before, rssAfterBytes: after,
             bytesPerMapping: perMapping, mapsPerSecond: Double(count) / elapsed, targetBytesPerMapping: 160,

@@ -43,7 +43,8 @@ struct BenchReport: Codable {
     var targets: [Target] = []
 
     enum CodingKeys: String, CodingKey {
-        case mode, command, date, machine, daemon, revision, loadAverageBefore, loadAverageAfter, busyBefore, busyAfter, foreignCPUSeconds, stealSeconds, seconds, roundTrip, decision, memory, startup, fairness, targets
+        case mode, command, date, machine, daemon, revision, loadAverageBefore, loadAverageAfter, busyBefore, busyAfter,
+            foreignCPUSeconds, stealSeconds, seconds, roundTrip, decision, memory, startup, fairness, targets
     }
 
     func encode(to encoder: any Encoder) throws {
@@ -88,12 +89,14 @@ struct BenchReport: Codable {
             ] {
                 targets.append(
                     Target(
-                        name: "decide\(name.capitalized) p50 at \(scale) mappings", figure: format(figures.p50Microseconds, 2) + " µs",
+                        name: "decide\(name.capitalized) p50 at \(scale) mappings",
+                        figure: format(figures.p50Microseconds, 2) + " µs",
                         target: "< " + format(decision.targetP50Microseconds, 0) + " µs",
                         met: figures.p50Microseconds < decision.targetP50Microseconds))
                 targets.append(
                     Target(
-                        name: "decide\(name.capitalized) p50 \(scale)/\(formatMappings(smallest.mappings)) (log ratio \(format(decision.logRatio, 1))×)",
+                        name:
+                            "decide\(name.capitalized) p50 \(scale)/\(formatMappings(smallest.mappings)) (log ratio \(format(decision.logRatio, 1))×)",
                         figure: format(ratio, 2) + "×", target: "≤ " + format(decision.targetRatio, 0) + "×",
                         met: ratio <= decision.targetRatio))
             }
@@ -125,12 +128,14 @@ struct BenchReport: Codable {
         var out: [String] = []
         out.append(
             "iommu-policyd-bench (\(mode)) at \(revision): \(machine.cpus) CPUs, \(machine.model), Linux \(machine.kernel), \(format(seconds, 0)) s, "
-                + "other processes \(format(foreignCPUSeconds, 1)) CPU-s during the run, steal \(format(stealSeconds, 1)) s, CPUs \(format(busyBefore * 100, 0))% busy before")
+                + "other processes \(format(foreignCPUSeconds, 1)) CPU-s during the run, steal \(format(stealSeconds, 1)) s, CPUs \(format(busyBefore * 100, 0))% busy before"
+        )
         if let roundTrip {
             out.append("")
             out.append(
                 "Round trip: map+unmap pairs/s, one session per client; C echo: 48-byte request and reply, 2 per pair; "
-                    + (roundTrip.pinnedCPU.map { "all on CPU \($0)" } ?? "unpinned") + ", \(format(roundTrip.secondsPerRun, 1)) s per run")
+                    + (roundTrip.pinnedCPU.map { "all on CPU \($0)" } ?? "unpinned")
+                    + ", \(format(roundTrip.secondsPerRun, 1)) s per run")
             func cpu(_ total: Double, _ user: Double, _ system: Double) -> String {
                 "\(format(total, 1)) (\(format(user, 1))+\(format(system, 1)))"
             }
@@ -159,7 +164,12 @@ struct BenchReport: Codable {
             }
             out += columns(rows)
             out.append("CPU µs per pair, user+system (/proc/PID/stat)")
-            rows = [["clients", "daemon", "PolicyClient", "daemon (C tenant)", "C tenant", "C echo server", "C echo client"]]
+            rows = [
+                [
+                    "clients", "daemon", "PolicyClient", "daemon (C tenant)", "C tenant", "C echo server",
+                    "C echo client",
+                ]
+            ]
             for run in roundTrip.runs {
                 var row = ["\(run.clients)"]
                 for side in [run.daemon, run.daemonWithCClient, run.baseline] {
@@ -219,7 +229,8 @@ struct BenchReport: Codable {
             out.append("")
             out.append(
                 "Fairness: one pair per ms from a polite client, alone and while another session floods; "
-                    + (fairness.pinnedCPU.map { "all on CPU \($0)" } ?? "unpinned") + ", \(format(fairness.secondsPerRun, 1)) s each")
+                    + (fairness.pinnedCPU.map { "all on CPU \($0)" } ?? "unpinned")
+                    + ", \(format(fairness.secondsPerRun, 1)) s each")
             out.append(
                 "polite p50/p99 alone \(format(fairness.alone.p50Microseconds)) / \(format(fairness.alone.p99Microseconds)) µs, flooded \(format(fairness.flooded.p50Microseconds)) / \(format(fairness.flooded.p99Microseconds)) µs; flood \(formatCount(fairness.floodPairsPerSecond)) pairs/s"
             )

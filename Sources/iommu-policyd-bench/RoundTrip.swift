@@ -229,7 +229,8 @@ struct RoundTripBenchmark {
                 serverAfter.user + serverAfter.system - serverBefore.user - serverBefore.system) / 1000 / pairs,
             serverUserMicrosecondsPerPair: Double(serverAfter.user - serverBefore.user) / 1000 / pairs,
             serverSystemMicrosecondsPerPair: Double(serverAfter.system - serverBefore.system) / 1000 / pairs,
-            clientCPUMicrosecondsPerPair: (user + system) / 1000 / pairs, clientUserMicrosecondsPerPair: user / 1000 / pairs,
+            clientCPUMicrosecondsPerPair: (user + system) / 1000 / pairs,
+            clientUserMicrosecondsPerPair: user / 1000 / pairs,
             clientSystemMicrosecondsPerPair: system / 1000 / pairs, seconds: elapsed)
     }
 }

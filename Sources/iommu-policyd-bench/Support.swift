@@ -93,7 +93,9 @@ enum Affinity {
     static func pinned<T>(to cpu: Int?, _ body: () throws -> T) throws -> T {
         guard let cpu else { return try body() }
         let saved = current()
-        guard set(only(cpu: cpu)) else { throw BenchFailure("cannot pin to CPU \(cpu): \(String(cString: strerror(errno)))") }
+        guard set(only(cpu: cpu)) else {
+            throw BenchFailure("cannot pin to CPU \(cpu): \(String(cString: strerror(errno)))")
+        }
         defer { if let saved { set(saved) } }
         return try body()
     }
@@ -222,7 +224,9 @@ final class ChildProcess: @unchecked Sendable {
         defer { for pointer in envp { free(pointer) } }
         var pid: pid_t = 0
         let result = posix_spawn(&pid, executable, &actions, nil, argv, envp)
-        guard result == 0 else { throw BenchFailure("cannot start \(executable): \(String(cString: strerror(result)))") }
+        guard result == 0 else {
+            throw BenchFailure("cannot start \(executable): \(String(cString: strerror(result)))")
+        }
         self.pid = pid
     }
 
