@@ -42,7 +42,8 @@ public struct DiskFileSource: FileSource {
         }
         defer { try? fd.close() }
         var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
+        // sysfs files are at most a page; bigger files take more rounds.
+        var chunk = [UInt8](repeating: 0, count: 4096)
         while bytes.count < maximumFileSize {
             // sysfs files report a size of 4096 whatever they hold, so read until EOF.
             guard let count = try? chunk.withUnsafeMutableBytes({ try fd.read(into: $0, retryOnInterrupt: true) })

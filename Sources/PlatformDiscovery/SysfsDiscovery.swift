@@ -220,14 +220,14 @@ public struct SysfsDiscovery {
 
     /// Up to 13 lines of `start end flags`; all zeros means unused.
     private mutating func readResources(path: String) -> [(index: Int, range: IOVARange, flags: UInt64)] {
-        guard let text = files.text(path) else { return [] }
+        guard let bytes = files.read(path) else { return [] }
         var resources: [(Int, IOVARange, UInt64)] = []
-        for (index, line) in text.split(separator: "\n").enumerated() {
-            let fields = line.split(separator: " ")
-            guard fields.count == 3, let start = NumberParser.hex(fields[0]), let end = NumberParser.hex(fields[1]),
-                let flags = NumberParser.hex(fields[2])
-            else {
-                diagnostics.append(.atLine(.error, file: files.display(path), index + 1, "malformed line \"\(line)\""))
+        // Parsed as bytes: a machine has thousands of these files, and splitting them into
+        // Strings was most of discovery's time.
+        for (index, line) in bytes.split(separator: UInt8(ascii: "\n")).enumerated() {
+            guard let (start, end, flags) = Self.hexTriple(line) else {
+                let text = String(decoding: line, as: UTF8.self)
+                diagnostics.append(.atLine(.error, file: files.display(path), index + 1, "malformed line \"\(text)\""))
                 continue
             }
             if start == 0 && end == 0 { continue }
@@ -238,6 +238,36 @@ public struct SysfsDiscovery {
             resources.append((index, range, flags))
         }
         return resources
+    }
+
+    /// Three hex numbers separated by spaces, each with or without `0x`, as the kernel prints a
+    /// `resource` line; nil for anything else (what `NumberParser.hex` would refuse).
+    static func hexTriple(_ line: ArraySlice<UInt8>) -> (UInt64, UInt64, UInt64)? {
+        var values: [UInt64] = []
+        values.reserveCapacity(3)
+        for field in line.split(separator: UInt8(ascii: " ")) {
+            var digits = field[...]
+            if digits.count >= 2, digits.first == UInt8(ascii: "0"),
+                digits[digits.index(after: digits.startIndex)] | 0x20 == UInt8(ascii: "x")
+            {
+                digits = digits.dropFirst(2)
+            }
+            guard !digits.isEmpty else { return nil }
+            var value: UInt64 = 0
+            for byte in digits {
+                let digit: UInt8
+                switch byte {
+                case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = byte - UInt8(ascii: "0")
+                case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = byte - UInt8(ascii: "a") + 10
+                case UInt8(ascii: "A")...UInt8(ascii: "F"): digit = byte - UInt8(ascii: "A") + 10
+                default: return nil
+                }
+                guard value >> 60 == 0 else { return nil }
+                value = value << 4 | UInt64(digit)
+            }
+            values.append(value)
+        }
+        return values.count == 3 ? (values[0], values[1], values[2]) : nil
     }
 
     static func resourceName(_ index: Int) -> String {
