@@ -179,19 +179,16 @@ public final class IOMMUFDBackend: IOMMUBackend {
                 throw BackendError(
                     .EINVAL, operation: "iommufd map", detail: "no IOMMU group is attached to \(context)")
             }
-            let mapping = try mapTenantMemory(
-                range, memory: memory, backing: backing, protection: protection, backend: name)
             var flags = CVFIO_IOAS_MAP_FIXED_IOVA
             if protection.contains(.read) { flags |= CVFIO_IOAS_MAP_READABLE }
             if protection.contains(.write) { flags |= CVFIO_IOAS_MAP_WRITEABLE }
-            do throws(BackendError) {
+            let mapping = try mapThroughKernel(
+                range, memory: memory, backing: backing, protection: protection, backend: name
+            ) { (mapping) throws(BackendError) in
                 try kernelCall(
                     cvfio_iommufd_ioas_map(
                         ioas.iommufd.rawValue, ioas.id, mapping.address, mapping.length, range.first, flags),
                     "IOMMU_IOAS_MAP", "\(range) \(protection.label) from offset \(Hex(memory.offset))")
-            } catch {
-                unmapDaemonMemory(mapping)
-                throw error
             }
             ioas.mappings.insert(range, mapping)
         }

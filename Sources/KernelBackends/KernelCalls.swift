@@ -128,6 +128,23 @@ func mapTenantMemory(
     return DaemonMapping(address: address, length: size)
 }
 
+/// The whole of a kernel map: the tenant's memory into the daemon (`mapTenantMemory`), then
+/// `program` hands that address to the kernel. When the kernel refuses, the daemon's mapping
+/// is removed before the error is thrown, so nothing is left half done.
+func mapThroughKernel(
+    _ range: IOVARange, memory: MemoryReference, backing: BackingFile, protection: DMAProtection, backend: String,
+    _ program: (DaemonMapping) throws(BackendError) -> Void
+) throws(BackendError) -> DaemonMapping {
+    let mapping = try mapTenantMemory(range, memory: memory, backing: backing, protection: protection, backend: backend)
+    do throws(BackendError) {
+        try program(mapping)
+    } catch {
+        unmapDaemonMemory(mapping)
+        throw error
+    }
+    return mapping
+}
+
 func unmapDaemonMemory(_ mapping: DaemonMapping) {
     // munmap of a whole mapping this process made cannot fail.
     _ = cvfio_munmap(mapping.address, mapping.length)

@@ -167,18 +167,15 @@ public final class VFIOType1Backend: IOMMUBackend {
                 throw BackendError(
                     .EINVAL, operation: "vfio-type1 map", detail: "no IOMMU group is attached to \(context)")
             }
-            let mapping = try mapTenantMemory(
-                range, memory: memory, backing: backing, protection: protection, backend: name)
             var flags: UInt32 = 0
             if protection.contains(.read) { flags |= CVFIO_DMA_MAP_FLAG_READ }
             if protection.contains(.write) { flags |= CVFIO_DMA_MAP_FLAG_WRITE }
-            do throws(BackendError) {
+            let mapping = try mapThroughKernel(
+                range, memory: memory, backing: backing, protection: protection, backend: name
+            ) { (mapping) throws(BackendError) in
                 try kernelCall(
                     cvfio_iommu_map_dma(container.fd.rawValue, mapping.address, range.first, mapping.length, flags),
                     "VFIO_IOMMU_MAP_DMA", "\(range) \(protection.label) from offset \(Hex(memory.offset))")
-            } catch {
-                unmapDaemonMemory(mapping)
-                throw error
             }
             container.mappings.insert(range, mapping)
         }
