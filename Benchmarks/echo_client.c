@@ -6,38 +6,23 @@
 // Prints one line of key=value pairs: round_trips, seconds, p50_ns, p99_ns, user_ns and
 // system_ns (this process's CPU time over the timed part).
 #define _GNU_SOURCE
-#include <errno.h>
-#include <pthread.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
-enum { message_size = 48, max_samples = 1 << 22 };
+#include "client_driver.h"
+
+enum { message_size = 48 };
 
 struct worker {
-    pthread_t thread;
+    struct client_timing timing;
     int fd;
-    uint64_t *samples;
-    size_t count;
-    uint64_t round_trips;
 };
 
 static const char *socket_path;
-static double seconds;
-static pthread_barrier_t start_line;
-static volatile int stop;
+static struct worker *workers;
 
-static uint64_t now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
+static struct client_timing *timing_of(int index) { return &workers[index].timing; }
 
 static int connect_to(const char *path) {
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -77,19 +62,10 @@ static void *run(void *arg) {
             }
             have += (size_t)got;
         }
-        uint64_t elapsed = now_ns() - begin;
-        if (w->count < max_samples) w->samples[w->count++] = elapsed;
-        w->round_trips++;
+        record_sample(&w->timing, now_ns() - begin);
     }
     return NULL;
 }
-
-static int compare(const void *a, const void *b) {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-static uint64_t timeval_ns(struct timeval t) { return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_usec * 1000u; }
 
 int main(int argc, char **argv) {
     if (argc != 4) {
@@ -98,43 +74,14 @@ int main(int argc, char **argv) {
     }
     socket_path = argv[1];
     int threads = atoi(argv[2]);
-    seconds = atof(argv[3]);
+    double seconds = atof(argv[3]);
     if (threads < 1 || seconds <= 0) return 2;
-    struct worker *workers = calloc((size_t)threads, sizeof *workers);
-    pthread_barrier_init(&start_line, NULL, (unsigned)threads + 1);
+    workers = calloc((size_t)threads, sizeof *workers);
+    prepare_start_line(threads);
     for (int i = 0; i < threads; i++) {
         workers[i].fd = connect_to(socket_path);
-        workers[i].samples = malloc(sizeof(uint64_t) * max_samples);
-        pthread_create(&workers[i].thread, NULL, run, &workers[i]);
+        start_worker(&workers[i].timing, run, &workers[i]);
     }
-    pthread_barrier_wait(&start_line);
-    struct rusage usage_begin, usage_end;
-    uint64_t begin = now_ns();
-    getrusage(RUSAGE_SELF, &usage_begin);
-    struct timespec nap = {.tv_sec = (time_t)seconds, .tv_nsec = (long)((seconds - (double)(time_t)seconds) * 1e9)};
-    while (nanosleep(&nap, &nap) < 0 && errno == EINTR) {}
-    stop = 1;
-    uint64_t total = 0, end = 0;
-    for (int i = 0; i < threads; i++) pthread_join(workers[i].thread, NULL);
-    end = now_ns();
-    getrusage(RUSAGE_SELF, &usage_end);
-    size_t count = 0;
-    for (int i = 0; i < threads; i++) {
-        total += workers[i].round_trips;
-        count += workers[i].count;
-    }
-    uint64_t *all = malloc(sizeof(uint64_t) * (count ? count : 1));
-    size_t at = 0;
-    for (int i = 0; i < threads; i++) {
-        memcpy(all + at, workers[i].samples, sizeof(uint64_t) * workers[i].count);
-        at += workers[i].count;
-    }
-    qsort(all, count, sizeof *all, compare);
-    uint64_t p50 = count ? all[(count - 1) * 50 / 100] : 0;
-    uint64_t p99 = count ? all[(count - 1) * 99 / 100] : 0;
-    printf("round_trips=%llu seconds=%.6f p50_ns=%llu p99_ns=%llu user_ns=%llu system_ns=%llu\n",
-           (unsigned long long)total, (double)(end - begin) / 1e9, (unsigned long long)p50, (unsigned long long)p99,
-           (unsigned long long)(timeval_ns(usage_end.ru_utime) - timeval_ns(usage_begin.ru_utime)),
-           (unsigned long long)(timeval_ns(usage_end.ru_stime) - timeval_ns(usage_begin.ru_stime)));
+    drive_and_report(threads, seconds, timing_of);
     return 0;
 }

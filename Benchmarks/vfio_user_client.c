@@ -8,40 +8,26 @@
 // Usage: vfio_user_client SOCKET_PATH THREADS SECONDS [GROUP_BASE]
 // Prints the same key=value line as echo_client; round_trips counts requests (2 per pair).
 #define _GNU_SOURCE
-#include <errno.h>
-#include <pthread.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
-enum { max_samples = 1 << 22, header_size = 16 };
+#include "client_driver.h"
+
+enum { header_size = 16 };
 enum { cmd_version = 1, cmd_dma_map = 2, cmd_dma_unmap = 3, cmd_attach_group = 0x1001 };
 
 struct worker {
-    pthread_t thread;
+    struct client_timing timing;
     int index;
     uint32_t group;
     int fd;
     uint16_t next_id;
-    uint64_t *samples;
-    size_t count;
-    uint64_t round_trips;
 };
 
-static pthread_barrier_t start_line;
-static volatile int stop;
+static struct worker *workers;
 
-static uint64_t now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
+static struct client_timing *timing_of(int index) { return &workers[index].timing; }
 
 static void put16(unsigned char *p, uint16_t v) { p[0] = v; p[1] = v >> 8; }
 static void put32(unsigned char *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = v >> (8 * i); }
@@ -115,21 +101,15 @@ static void *run(void *arg) {
         uint64_t mapped = now_ns();
         exchange(w, cmd_dma_unmap, unmap, sizeof unmap);
         uint64_t end = now_ns();
-        if (w->count + 2 <= max_samples) {
-            w->samples[w->count++] = mapped - begin;
-            w->samples[w->count++] = end - mapped;
+        struct client_timing *t = &w->timing;
+        if (t->count + 2 <= max_samples) {
+            t->samples[t->count++] = mapped - begin;
+            t->samples[t->count++] = end - mapped;
         }
-        w->round_trips += 2;
+        t->round_trips += 2;
     }
     return NULL;
 }
-
-static int compare(const void *a, const void *b) {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-static uint64_t timeval_ns(struct timeval t) { return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_usec * 1000u; }
 
 int main(int argc, char **argv) {
     if (argc != 4 && argc != 5) {
@@ -140,8 +120,8 @@ int main(int argc, char **argv) {
     double seconds = atof(argv[3]);
     uint32_t group_base = argc == 5 ? (uint32_t)strtoul(argv[4], NULL, 0) : 0;
     if (threads < 1 || seconds <= 0) return 2;
-    struct worker *workers = calloc((size_t)threads, sizeof *workers);
-    pthread_barrier_init(&start_line, NULL, (unsigned)threads + 1);
+    workers = calloc((size_t)threads, sizeof *workers);
+    prepare_start_line(threads);
     for (int i = 0; i < threads; i++) {
         workers[i].index = i;
         workers[i].group = group_base + (uint32_t)i;
@@ -152,37 +132,8 @@ int main(int argc, char **argv) {
             perror("connect");
             return 1;
         }
-        workers[i].samples = malloc(sizeof(uint64_t) * max_samples);
-        pthread_create(&workers[i].thread, NULL, run, &workers[i]);
+        start_worker(&workers[i].timing, run, &workers[i]);
     }
-    pthread_barrier_wait(&start_line);
-    struct rusage usage_begin, usage_end;
-    uint64_t begin = now_ns();
-    getrusage(RUSAGE_SELF, &usage_begin);
-    struct timespec nap = {.tv_sec = (time_t)seconds, .tv_nsec = (long)((seconds - (double)(time_t)seconds) * 1e9)};
-    while (nanosleep(&nap, &nap) < 0 && errno == EINTR) {}
-    stop = 1;
-    for (int i = 0; i < threads; i++) pthread_join(workers[i].thread, NULL);
-    uint64_t end = now_ns();
-    getrusage(RUSAGE_SELF, &usage_end);
-    uint64_t total = 0;
-    size_t count = 0;
-    for (int i = 0; i < threads; i++) {
-        total += workers[i].round_trips;
-        count += workers[i].count;
-    }
-    uint64_t *all = malloc(sizeof(uint64_t) * (count ? count : 1));
-    size_t at = 0;
-    for (int i = 0; i < threads; i++) {
-        memcpy(all + at, workers[i].samples, sizeof(uint64_t) * workers[i].count);
-        at += workers[i].count;
-    }
-    qsort(all, count, sizeof *all, compare);
-    uint64_t p50 = count ? all[(count - 1) * 50 / 100] : 0;
-    uint64_t p99 = count ? all[(count - 1) * 99 / 100] : 0;
-    printf("round_trips=%llu seconds=%.6f p50_ns=%llu p99_ns=%llu user_ns=%llu system_ns=%llu\n",
-           (unsigned long long)total, (double)(end - begin) / 1e9, (unsigned long long)p50, (unsigned long long)p99,
-           (unsigned long long)(timeval_ns(usage_end.ru_utime) - timeval_ns(usage_begin.ru_utime)),
-           (unsigned long long)(timeval_ns(usage_end.ru_stime) - timeval_ns(usage_begin.ru_stime)));
+    drive_and_report(threads, seconds, timing_of);
     return 0;
 }
