@@ -34,7 +34,7 @@ public struct SessionEnvironment: Sendable {
         self.audit = Audit(logger: logger)
         self.daemonUID = daemonUID
         self.limits = limits
-        self.stats = DaemonStats()
+        self.stats = DaemonStats(metrics: metrics)
         self.events = EventBus(onDrop: { metrics.eventsDropped() })
         self.metrics = metrics
         self.kernelRegions = KernelRegionRegistry()
@@ -562,10 +562,6 @@ final class Session: @unchecked Sendable {
         }
         let released = UnmapPlan(entries: done)
         env.stats.unmapped(count: done.count, bytes: released.bytes)
-        if !done.isEmpty {
-            env.metrics.setMappings(env.stats.mappingCount)
-            env.metrics.setMappedBytes(env.stats.mappedBytes.load(ordering: .relaxed))
-        }
         for (_, mapping) in state.commit(released) {
             if let handle = mapping.memory?.handle, let fd = memory.removeValue(forKey: handle) { try? fd.close() }
         }
@@ -623,8 +619,6 @@ final class Session: @unchecked Sendable {
             counter.increment()
         }
         if command != "attach" { lastCommand = command }
-        env.metrics.setMappings(env.stats.mappingCount)
-        env.metrics.setMappedBytes(env.stats.mappedBytes.load(ordering: .relaxed))
     }
 
     /// Gives the tenant an fd for a device of a group it has attached, so it can drive the
@@ -719,8 +713,6 @@ final class Session: @unchecked Sendable {
         let mappings = state.mappingCount
         let bytes = state.mappedBytes
         env.stats.unmapped(count: mappings, bytes: bytes)
-        env.metrics.setMappings(env.stats.mappingCount)
-        env.metrics.setMappedBytes(env.stats.mappedBytes.load(ordering: .relaxed))
         if let context {
             env.backend.destroyContext(context)
         }

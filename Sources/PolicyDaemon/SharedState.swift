@@ -1,3 +1,4 @@
+import DaemonMetrics
 import IOMMUCore
 import PlatformDiscovery
 import Synchronization
@@ -207,23 +208,32 @@ final class SessionTable: Sendable {
     var count: Int { state.withLock { $0.entries.count } }
 }
 
-/// Counters every session updates and the status line reads.
+/// Counters every session updates and the status line reads; the mapping gauges of the
+/// metrics follow them.
 public final class DaemonStats: Sendable {
     let mappings = Atomic<Int>(0)
     let mappedBytes = Atomic<UInt64>(0)
     /// Tenant sessions opened since start.
     let sessionsTotal = Atomic<UInt64>(0)
+    private let metrics: DaemonMetrics?
 
-    public init() {}
+    public init(metrics: DaemonMetrics? = nil) {
+        self.metrics = metrics
+    }
 
     func mapped(bytes: UInt64) {
-        mappings.wrappingAdd(1, ordering: .relaxed)
-        mappedBytes.wrappingAdd(bytes, ordering: .relaxed)
+        let count = mappings.wrappingAdd(1, ordering: .relaxed).newValue
+        let total = mappedBytes.wrappingAdd(bytes, ordering: .relaxed).newValue
+        metrics?.setMappings(count)
+        metrics?.setMappedBytes(total)
     }
 
     func unmapped(count: Int, bytes: UInt64) {
-        mappings.wrappingSubtract(count, ordering: .relaxed)
-        mappedBytes.wrappingSubtract(bytes, ordering: .relaxed)
+        guard count > 0 || bytes > 0 else { return }
+        let remaining = mappings.wrappingSubtract(count, ordering: .relaxed).newValue
+        let total = mappedBytes.wrappingSubtract(bytes, ordering: .relaxed).newValue
+        metrics?.setMappings(remaining)
+        metrics?.setMappedBytes(total)
     }
 
     public var mappingCount: Int { mappings.load(ordering: .relaxed) }
