@@ -113,9 +113,10 @@ public final class TextfileExporter: Sendable {
     }
 }
 
-/// Replaces `path` with `text` through a temporary file beside it, so readers see the old file
-/// or the new one, never a part.
-private func replaceFile(_ path: String, with text: String) throws(TextfileExportError) {
+/// Replaces `path` with `text` through a temporary file beside it (written, fsynced, renamed;
+/// removed on failure), so readers see the old file or the new one, never a part. The metrics
+/// textfile and the daemon's state file both go through it.
+public func replaceFile(_ path: String, with text: String) throws(TextfileExportError) {
     let temporary = "\(path).tmp.\(getpid())"
     let descriptor = try systemCall("open", path) {
         open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)

@@ -1,3 +1,4 @@
+import DaemonMetrics
 import Foundation
 import IOMMUBackends
 import IOMMUCore
@@ -342,7 +343,7 @@ public final class DaemonControl: Sendable {
         ]
     }
 
-    /// Writes the persistent regions atomically (a temporary file, then rename).
+    /// Writes the persistent regions atomically (`replaceFile`: a temporary file, then rename).
     private func save(_ runtime: [RuntimeRegion]) -> ControlError? {
         guard let stateFile else {
             return ControlError("persist needs a state directory ($STATE_DIRECTORY or --state-directory)")
@@ -350,11 +351,7 @@ public final class DaemonControl: Sendable {
         let records = runtime.filter(\.persistent).map { RuntimeRegionRecord(region: $0.region, comment: $0.comment) }
         do {
             let data = try RuntimeRegionRecord.encodeFile(records)
-            let temporary = stateFile + ".tmp"
-            try data.write(to: URL(fileURLWithPath: temporary))
-            guard rename(temporary, stateFile) == 0 else {
-                throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
-            }
+            try replaceFile(stateFile, with: String(decoding: data, as: UTF8.self))
         } catch {
             return ControlError("cannot write \(stateFile): \(error)")
         }
